@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from health import views
+
+urlpatterns = [
+    path("live", views.live, name="health-live"),
+]

@@ -1,0 +1,134 @@
+"""A circuit breaker in front of the provider.
+
+Written by hand because pybreaker's `CircuitBreaker.call` holds one lock for
+the whole guarded call: every charge in a process would wait for the one
+before it. Here the lock guards only the few fields below, never a network call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from paymentsite.log import log_event
+
+logger = logging.getLogger(__name__)
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    state: str
+    consecutive_failures: int
+    failure_threshold: int
+    reset_timeout_s: float
+    retry_after_s: int
+    opened_total: int
+
+
+class CircuitOpen(Exception):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"circuit open, retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        *,
+        failure_threshold: int,
+        reset_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_timeout_s = reset_timeout_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+        self._opened_total = 0
+
+    def _retry_after_s(self) -> int:
+        remaining = self._opened_at + self.reset_timeout_s - self._clock()
+        return max(1, int(remaining + 0.999))
+
+    def _open_elapsed(self) -> bool:
+        return self._clock() >= self._opened_at + self.reset_timeout_s
+
+    def check(self) -> None:
+        """Raise CircuitOpen when a call would be refused now; claims nothing."""
+        with self._lock:
+            if self._state == OPEN and not self._open_elapsed():
+                raise CircuitOpen(self._retry_after_s())
+            if self._state == HALF_OPEN and self._trial_in_flight:
+                raise CircuitOpen(1)
+
+    def before_call(self) -> None:
+        """Claim the right to call: always when closed, once (the trial) when half-open."""
+        with self._lock:
+            if self._state == CLOSED:
+                return
+            if self._state == OPEN:
+                if not self._open_elapsed():
+                    raise CircuitOpen(self._retry_after_s())
+                self._state = HALF_OPEN
+                self._trial_in_flight = False
+            if self._trial_in_flight:
+                raise CircuitOpen(1)
+            self._trial_in_flight = True
+
+    def record_success(self) -> None:
+        with self._lock:
+            was_closed = self._state == CLOSED
+            self._state = CLOSED
+            self._failures = 0
+            self._trial_in_flight = False
+        if not was_closed:
+            log_event(logger, "breaker.closed", message="Provider answered again; circuit closed")
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            trial_failed = self._state == HALF_OPEN
+            opens = trial_failed or (self._state == CLOSED and self._failures >= self.failure_threshold)
+            if opens:
+                self._state = OPEN
+                self._opened_at = self._clock()
+                self._trial_in_flight = False
+                self._opened_total += 1
+            failures = self._failures
+        if opens:
+            log_event(
+                logger,
+                "breaker.opened",
+                level=logging.WARNING,
+                message=f"Circuit opened after {failures} consecutive provider failures",
+                consecutive_failures=failures,
+                reset_timeout_s=self.reset_timeout_s,
+            )
+
+    def snapshot(self) -> BreakerSnapshot:
+        with self._lock:
+            state = self._state
+            if state == OPEN and self._open_elapsed():
+                state = HALF_OPEN  # the next call will be let through as the trial
+            return BreakerSnapshot(
+                state=state,
+                consecutive_failures=self._failures,
+                failure_threshold=self.failure_threshold,
+                reset_timeout_s=self.reset_timeout_s,
+                retry_after_s=self._retry_after_s() if state == OPEN else 0,
+                opened_total=self._opened_total,
+            )
+
+    def reset(self) -> None:
+        with self._lock:
+            self._state = CLOSED
+            self._failures = 0
+            self._trial_in_flight = False

@@ -1,0 +1,42 @@
+"""The small amount of code that knows the database sits behind a pool."""
+
+from __future__ import annotations
+
+from dj_db_conn_pool.core import pool_container
+from django.db import connection, connections
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.pool import QueuePool
+
+
+def is_pool_exhausted(exc: BaseException) -> bool:
+    """The pool's timeout is not a django.db.DatabaseError, so it needs its own test."""
+    return isinstance(exc, PoolTimeoutError) or isinstance(exc.__cause__, PoolTimeoutError)
+
+
+def release_db_connection() -> None:
+    """Hand this thread's connection back to the pool before a slow network call.
+
+    Holding it while the provider takes seconds to answer is what exhausted the
+    pool in the incident. Inside an atomic block (a test's wrapping
+    transaction) closing would break the transaction, so it is left alone.
+    """
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def get_pool(alias: str = "default") -> QueuePool | None:
+    """The SQLAlchemy pool behind an alias, or None (SQLite, or no query made yet)."""
+    return pool_container.get(alias) if pool_container.has(alias) else None
+
+
+def reset_pool(alias: str = "default") -> None:
+    """Dispose of an alias's pool so the next query builds one from current settings.
+
+    The pool keeps the connection parameters it was created with; call this
+    after changing them (tests switching databases or pool sizes, password rotation).
+    """
+    connections[alias].close()
+    with pool_container.lock:
+        pool = pool_container.pop(alias, None)
+    if pool is not None:
+        pool.dispose()

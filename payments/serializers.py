@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from payments.currencies import MINOR_UNIT_DIGITS
+from payments.models import PaymentAttempt, Transaction
+
+SOURCE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{2,254}$")
+METADATA_MAX_KEYS = 20
+METADATA_MAX_KEY_CHARS = 40
+METADATA_MAX_BYTES = 4096
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer only: "1999", 19.99 and true are refused, not coerced."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class ChargeCreateSerializer(serializers.Serializer):
+    amount = StrictIntegerField(min_value=1, help_text="In the currency's minor unit: 1999 = 19.99 USD.")
+    currency = serializers.CharField(help_text="ISO 4217 code, for example USD.")
+    source = serializers.CharField(max_length=255, help_text="A card token, for example tok_visa.")
+    description = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    metadata = serializers.JSONField(required=False, default=dict)
+
+    def validate_amount(self, value: int) -> int:
+        if value > settings.PAYMENT_MAX_AMOUNT:
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {settings.PAYMENT_MAX_AMOUNT}."
+            )
+        return value
+
+    def validate_currency(self, value: str) -> str:
+        code = value.strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", code):
+            raise serializers.ValidationError("Must be a three-letter ISO 4217 code.")
+        if code not in MINOR_UNIT_DIGITS:
+            raise serializers.ValidationError(f"Currency {code} is not supported.")
+        return code
+
+    def validate_source(self, value: str) -> str:
+        if not SOURCE_PATTERN.fullmatch(value):
+            raise serializers.ValidationError("Must be a card token such as tok_visa.")
+        return value
+
+    def validate_metadata(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        if len(value) > METADATA_MAX_KEYS:
+            raise serializers.ValidationError(f"At most {METADATA_MAX_KEYS} keys.")
+        for key, item in value.items():
+            if len(key) > METADATA_MAX_KEY_CHARS:
+                raise serializers.ValidationError(f"Keys are at most {METADATA_MAX_KEY_CHARS} characters.")
+            if not isinstance(item, str | int | float | bool) and item is not None:
+                raise serializers.ValidationError("Values must be strings, numbers, booleans or null.")
+        if len(json.dumps(value).encode()) > METADATA_MAX_BYTES:
+            raise serializers.ValidationError(f"At most {METADATA_MAX_BYTES} bytes.")
+        return value
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class ErrorSerializer(serializers.Serializer):
+    type = serializers.CharField()
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class TransactionSerializer(serializers.ModelSerializer):
+    """A charge as the API shows it; the full card token never leaves the database."""
+
+    object = serializers.SerializerMethodField()
+    source = serializers.CharField(source="source_masked")
+    error = serializers.SerializerMethodField()
+    needs_review = serializers.BooleanField()
+
+    class Meta:
+        model = Transaction
+        fields = [
+            "id",
+            "object",
+            "amount",
+            "currency",
+            "status",
+            "source",
+            "description",
+            "metadata",
+            "error",
+            "provider_charge_id",
+            "idempotency_key",
+            "attempts",
+            "next_retry_at",
+            "needs_review",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_object(self, txn: Transaction) -> str:
+        return "charge"
+
+    @extend_schema_field(ErrorSerializer(allow_null=True))
+    def get_error(self, txn: Transaction) -> dict[str, str] | None:
+        if not txn.error_type:
+            return None
+        return {"type": txn.error_type, "code": txn.error_code, "message": txn.error_message}
+
+
+class PaymentAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PaymentAttempt
+        fields = ["number", "kind", "started_at", "duration_ms", "http_status", "outcome", "message"]
+        read_only_fields = fields
+
+
+class TransactionDetailSerializer(TransactionSerializer):
+    attempt_log = PaymentAttemptSerializer(many=True, read_only=True)
+
+    class Meta(TransactionSerializer.Meta):
+        fields = [*TransactionSerializer.Meta.fields, "attempt_log"]
+        read_only_fields = fields

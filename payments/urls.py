@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from payments import views
+
+urlpatterns = [
+    path("charges", views.ChargeListCreateView.as_view(), name="charges"),
+    path("charges/<uuid:transaction_id>", views.ChargeDetailView.as_view(), name="charge-detail"),
+]

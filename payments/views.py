@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import re
+import uuid
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from payments import selectors, services
+from payments.models import Transaction
+from payments.serializers import ChargeCreateSerializer, TransactionDetailSerializer, TransactionSerializer
+
+IDEMPOTENCY_KEY_MAX_CHARS = 255
+_PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
+
+ErrorResponse = inline_serializer(
+    "ErrorResponse",
+    fields={
+        "error": inline_serializer(
+            "ErrorDetail",
+            fields={
+                "type": serializers.CharField(),
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "retryable": serializers.BooleanField(),
+            },
+        ),
+        "transaction": TransactionSerializer(allow_null=True),
+    },
+)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None or key == "":
+        return None
+    if len(key) > IDEMPOTENCY_KEY_MAX_CHARS or not _PRINTABLE_ASCII.match(key):
+        raise ValidationError(
+            {"Idempotency-Key": [f"Must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters."]}
+        )
+    return key
+
+
+class ChargeListCreateView(APIView):
+    @extend_schema(
+        operation_id="charges_list",
+        parameters=[OpenApiParameter("status", enum=Transaction.Status.values, required=False)],
+        responses={200: TransactionSerializer(many=True), 400: ErrorResponse, 401: ErrorResponse},
+    )
+    def get(self, request: Request) -> Response:
+        status_filter = request.query_params.get("status")
+        if status_filter and status_filter not in Transaction.Status.values:
+            raise ValidationError({"status": [f"Must be one of {', '.join(Transaction.Status.values)}."]})
+        queryset = selectors.transactions_for_client(client=request.user, status=status_filter)
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(TransactionSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="charges_create",
+        request=ChargeCreateSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", location=OpenApiParameter.HEADER, required=False)],
+        responses={
+            201: TransactionSerializer,
+            **{
+                code: OpenApiResponse(ErrorResponse) for code in (400, 401, 402, 409, 413, 415, 502, 503, 504)
+            },
+        },
+    )
+    def post(self, request: Request) -> Response:
+        idempotency_key = _idempotency_key(request)
+        serializer = ChargeCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        charged = services.charge_create(
+            client=request.user,
+            request=services.ChargeRequest(**serializer.validated_data),
+            idempotency_key=idempotency_key,
+        )
+        response = Response(TransactionSerializer(charged.transaction).data, status=status.HTTP_201_CREATED)
+        if charged.replayed:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+
+class ChargeDetailView(APIView):
+    @extend_schema(
+        operation_id="charges_retrieve", responses={200: TransactionDetailSerializer, 404: ErrorResponse}
+    )
+    def get(self, request: Request, transaction_id: uuid.UUID) -> Response:
+        txn = (
+            selectors.transactions_for_client(client=request.user)
+            .prefetch_related("attempt_log")
+            .filter(pk=transaction_id)
+            .first()
+        )
+        if txn is None:
+            raise NotFound("No such charge.")
+        return Response(TransactionDetailSerializer(txn).data)

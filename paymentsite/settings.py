@@ -1,0 +1,208 @@
+"""The one settings module, driven by the environment (and `.env` when present).
+
+Variables and defaults are the table in DESIGN.md "Configuration"; README.md and
+.env.example list them too. A bad value is collected in CONFIG_ERRORS and
+reported by the system check `paymentsite.E001`, which stops start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import environ
+
+from paymentsite.config import EnvReader
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+config = EnvReader(env)
+
+DEBUG = config.bool("DJANGO_DEBUG", False)
+SECRET_KEY = config.str("DJANGO_SECRET_KEY") or "insecure-development-key-change-me"
+ALLOWED_HOSTS = [
+    host.strip()
+    for host in (config.str("DJANGO_ALLOWED_HOSTS") or "localhost,127.0.0.1,[::1],testserver").split(",")
+    if host.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "payments",
+    "health",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "paymentsite.urls"
+WSGI_APPLICATION = "paymentsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database ---------------------------------------------------------------
+
+DB_CONNECTION_LIMIT = config.int("DB_CONNECTION_LIMIT", 10, minimum=1, maximum=1000)
+DB_MAX_OVERFLOW = config.int("DB_MAX_OVERFLOW", 0, minimum=0, maximum=1000)
+DB_ACQUIRE_TIMEOUT_MS = config.int("DB_ACQUIRE_TIMEOUT", 5000, minimum=1, maximum=600_000)
+DB_POOL_RECYCLE_S = config.int("DB_POOL_RECYCLE", 900, minimum=1)
+DB_LOG_QUERIES = config.bool("DB_LOG_QUERIES", False)
+
+_database = config.database_url("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASE_IS_POOLED = _database["ENGINE"] == "django.db.backends.mysql"
+if DATABASE_IS_POOLED:
+    _ssl = {
+        key: path
+        for key, path in (
+            ("ca", config.str("DB_SSL_CA")),
+            ("cert", config.str("DB_SSL_CERT")),
+            ("key", config.str("DB_SSL_KEY")),
+        )
+        if path
+    }
+    _database.update(
+        ENGINE="dj_db_conn_pool.backends.mysql",
+        # The pool owns connections; Django hands its connection back at the end
+        # of every request (and the charge path hands it back earlier).
+        CONN_MAX_AGE=0,
+        OPTIONS={"charset": "utf8mb4", **({"ssl": _ssl} if _ssl else {})},
+        POOL_OPTIONS={
+            "POOL_SIZE": DB_CONNECTION_LIMIT,
+            "MAX_OVERFLOW": DB_MAX_OVERFLOW,
+            "TIMEOUT": DB_ACQUIRE_TIMEOUT_MS / 1000,
+            "RECYCLE": DB_POOL_RECYCLE_S,
+            "PRE_PING": True,
+            "ECHO": False,
+        },
+    )
+    if config.str("DB_TEST_NAME"):
+        _database["TEST"] = {"NAME": config.str("DB_TEST_NAME")}
+else:
+    # A file, not memory, so that live-server and concurrency tests get one
+    # connection per thread as they would on MariaDB.
+    _database["OPTIONS"] = {"timeout": 20}
+    _database["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Payment provider ---------------------------------------------------------
+
+PAYMENT_SERVICE_URL = config.provider_url("PAYMENT_SERVICE_URL", required=True)
+
+
+def _derived_health_url(charge_url: str) -> str:
+    if not charge_url:
+        return ""
+    parts = urlsplit(charge_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/health", "", ""))
+
+
+PAYMENT_HEALTH_URL = config.provider_url(
+    "PAYMENT_HEALTH_URL", required=False, default=_derived_health_url(PAYMENT_SERVICE_URL)
+)
+PAYMENT_API_KEY = config.required_str("PAYMENT_API_KEY")
+PAYMENT_TIMEOUT_MS = config.int("PAYMENT_TIMEOUT_MS", 5000, minimum=1, maximum=120_000)
+PAYMENT_CONNECT_TIMEOUT_MS = config.int("PAYMENT_CONNECT_TIMEOUT_MS", 3000, minimum=1, maximum=60_000)
+PAYMENT_MAX_RETRIES = config.int("PAYMENT_MAX_RETRIES", 3, minimum=0, maximum=10)
+PAYMENT_BACKOFF_MS = config.int("PAYMENT_BACKOFF_MS", 200, minimum=0, maximum=60_000)
+PAYMENT_DEADLINE_MS = config.int("PAYMENT_DEADLINE_MS", 10_000, minimum=1, maximum=600_000)
+PAYMENT_MAX_ATTEMPTS = config.int("PAYMENT_MAX_ATTEMPTS", 6, minimum=1, maximum=100)
+PAYMENT_MAX_AMOUNT = config.int("PAYMENT_MAX_AMOUNT", 99_999_999, minimum=1)
+PAYMENT_BREAKER_FAILURES = config.int("PAYMENT_BREAKER_FAILURES", 5, minimum=1, maximum=1000)
+PAYMENT_BREAKER_RESET_S = config.int("PAYMENT_BREAKER_RESET_S", 30, minimum=1, maximum=3600)
+# Shows the fake provider's test cards on the payment page (set by `make run`).
+PAYMENT_FAKE_PROVIDER = config.bool("PAYMENT_FAKE_PROVIDER", False)
+
+# Logging and CloudWatch ---------------------------------------------------
+
+AWS_REGION = config.str("AWS_REGION", aliases=("VUE_APP_AWS_REGION",))
+CLOUDWATCH_LOG_GROUP = config.str("CLOUDWATCH_LOG_GROUP", aliases=("VUE_APP_LOG_GROUP_NAME",))
+CLOUDWATCH_ENDPOINT_URL = config.str("CLOUDWATCH_ENDPOINT_URL")
+LOG_LEVEL = config.choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
+LOG_FORMAT = config.choice("LOG_FORMAT", "json", {"json", "console"})
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "console": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "stdout": {"class": "logging.StreamHandler", "formatter": "console", "stream": "ext://sys.stdout"},
+    },
+    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "DEBUG" if DB_LOG_QUERIES else "INFO"},
+    },
+}
+
+# Django REST framework ------------------------------------------------------
+
+REST_FRAMEWORK = {
+    # Token first, so that a request without credentials gets 401 with
+    # `WWW-Authenticate: Token` rather than 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["payments.parsers.LimitedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "payments.exceptions.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+API_MAX_BODY_BYTES = 64 * 1024
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Paymentsite API",
+    "DESCRIPTION": "Charge payments through the provider, safely and idempotently.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Static files, sessions, i18n -------------------------------------------------
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "/admin/login/"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+CONFIG_ERRORS = config.errors
