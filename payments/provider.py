@@ -28,6 +28,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 from urllib3.util.retry import Retry
 
 from payments.breaker import CircuitBreaker, CircuitOpen
+from paymentsite import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +272,7 @@ class ProviderClient:
                 outcome=Outcome(last.outcome), http_status=last.http_status, message=last.message
             )
         attempts = tuple(recorder.attempts)
+        _observe(kind="charge" if method == "POST" else "lookup", attempts=attempts)
         if result.outcome in _FAILURES and any(a.outcome == Outcome.TIMEOUT for a in attempts):
             # One timed-out attempt is enough for the outcome to be unknown.
             result = ProviderResult(outcome=Outcome.TIMEOUT, message=_timeout_message(attempts))
@@ -309,6 +311,13 @@ class ProviderClient:
         return self._guarded(
             "GET", f"{self.settings.url}/{provider_key}", provider_key=provider_key, body=None
         )
+
+
+def _observe(*, kind: str, attempts: tuple[Attempt, ...]) -> None:
+    for attempt in attempts:
+        metrics.PROVIDER_REQUEST_SECONDS.labels(kind, attempt.outcome).observe(attempt.duration_ms / 1000)
+    if len(attempts) > 1:
+        metrics.PROVIDER_RETRIES.labels(kind).inc(len(attempts) - 1)
 
 
 _FAILURES = frozenset({Outcome.TIMEOUT, Outcome.CONNECTION_ERROR, Outcome.PROVIDER_ERROR})

@@ -33,6 +33,7 @@ from payments.exceptions import (
 )
 from payments.models import PaymentAttempt, Transaction, mask_source
 from payments.provider import Outcome, ProviderResult
+from paymentsite import metrics
 from paymentsite.log import log_event
 
 logger = logging.getLogger(__name__)
@@ -226,6 +227,8 @@ def settle(*, transaction_id: uuid.UUID, result: ProviderResult, kind: str = "ch
         if result.attempts and result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
             txn.attempts += 1
         txn.save()
+    if kind == "charge":
+        metrics.CHARGES.labels(result.outcome.value).inc()
     _log_settled(txn, previous_status, result)
     return txn
 

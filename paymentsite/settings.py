@@ -113,7 +113,7 @@ else:
     # A file, not memory, so that live-server and concurrency tests get one
     # connection per thread as they would on MariaDB.
     _database["OPTIONS"] = {"timeout": 20}
-    _database["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+    _database["TEST"] = {"NAME": str(BASE_DIR / f".{config.str('DB_TEST_NAME') or 'test-db'}.sqlite3")}
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
