@@ -1,0 +1,96 @@
+"""Headless Chromium (Debian's, not Playwright's download) against pytest-django's live server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+# Playwright's sync API runs an event loop in the test thread; without this
+# Django refuses the ORM calls the tests make to check outcomes.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+CHROMIUM_PATH = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+DESKTOP_VIEWPORT = {"width": 1280, "height": 900}
+SCREENSHOTS_DIR = Path(django_settings.BASE_DIR) / "docs" / "screenshots"
+USERNAME = "demo"
+PASSWORD = "demo-password"
+HEALTH_POLL_MS = 500
+
+
+@pytest.fixture(scope="session")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    launched = playwright.chromium.launch(executable_path=CHROMIUM_PATH, args=CHROMIUM_ARGS)
+    yield launched
+    launched.close()
+
+
+@pytest.fixture(autouse=True)
+def payment_page_settings(provider_settings: Any) -> Any:
+    provider_settings.PAYMENT_FAKE_PROVIDER = True
+    return provider_settings
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=DESKTOP_VIEWPORT, locale="en-US", timezone_id="UTC")
+    context.set_default_timeout(15_000)
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+@pytest.fixture
+def demo_user(transactional_db: None) -> Any:
+    return get_user_model().objects.create_user(username=USERNAME, password=PASSWORD)
+
+
+@pytest.fixture
+def pay_page(page: Page, live_server: Any, demo_user: Any) -> Callable[..., Page]:
+    """Open /pay/ as the demo user, logging in through the real login page."""
+
+    def open_page(query: str = f"health_poll_ms={HEALTH_POLL_MS}") -> Page:
+        page.goto(f"{live_server.url}/pay/?{query}")
+        page.get_by_label("Username").fill(USERNAME)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url("**/pay/**")
+        page.get_by_role("heading", name="Make a payment").wait_for()
+        return page
+
+    return open_page
+
+
+def fill_payment(page: Page, *, amount: str, card: str, currency: str = "USD", description: str = "") -> None:
+    page.get_by_label("Amount").fill(amount)
+    page.get_by_label("Currency").select_option(currency)
+    page.get_by_label("Description").fill(description)
+    page.get_by_label("Test card").select_option(label=card)
+
+
+def save_screenshot(page: Page, name: str) -> Path:
+    SCREENSHOTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS_DIR / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
