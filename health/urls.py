@@ -5,5 +5,6 @@ from django.urls import path
 from health import views
 
 urlpatterns = [
+    path("", views.health, name="health"),
     path("live", views.live, name="health-live"),
 ]

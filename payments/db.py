@@ -24,6 +24,15 @@ def release_db_connection() -> None:
         connection.close()
 
 
+def is_pooled(alias: str = "default") -> bool:
+    return connections[alias].settings_dict["ENGINE"].startswith("dj_db_conn_pool.")
+
+
+def pools() -> list[tuple[str, QueuePool]]:
+    """Every alias's pool in this process (a copy: the container may change meanwhile)."""
+    return list(pool_container.items())
+
+
 def get_pool(alias: str = "default") -> QueuePool | None:
     """The SQLAlchemy pool behind an alias, or None (SQLite, or no query made yet)."""
     return pool_container.get(alias) if pool_container.has(alias) else None

@@ -1,8 +1,36 @@
-"""Prometheus metrics of the charge path. Exposed at /metrics by the health app."""
+"""Prometheus metrics, exposed at /metrics by the health app.
+
+Counters and histograms are updated where things happen: the charge path, the
+provider client, the database pool. The pool gauges and the breaker state are
+read from the pool and the breaker when /metrics is scraped (StateCollector).
+
+Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR to an empty
+directory (gunicorn.conf.py wipes it at start and marks dead workers): every
+worker then writes its values to files there and any worker's /metrics sums
+them. A collector cannot see into the other workers, so in that mode each
+worker writes its pool gauges and breaker state to those files every second
+(a daemon thread started after the fork by gunicorn.conf.py); a scrape sums
+the pool gauges over live workers (`livesum`) and shows the worst breaker
+state (`livemax`).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from paymentsite.log import log_event
+
+logger = logging.getLogger(__name__)
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 CHARGES = Counter(
     "paymentsite_charges_total",
@@ -20,3 +48,115 @@ PROVIDER_RETRIES = Counter(
     "HTTP attempts to the provider beyond the first of a call.",
     ["kind"],
 )
+POOL_EVENTS = Counter(
+    "paymentsite_db_pool_events_total",
+    "SQLAlchemy pool events: connect, checkout, checkin, invalidate, soft_invalidate.",
+    ["alias", "event"],
+)
+POOL_EXHAUSTED = Counter(
+    "paymentsite_db_pool_exhausted_total",
+    "Checkouts that found no free connection within DB_ACQUIRE_TIMEOUT (answered 503).",
+    ["alias"],
+)
+POOL_CHECKOUT_WAIT_SECONDS = Histogram(
+    "paymentsite_db_pool_checkout_wait_seconds",
+    "Time spent getting a connection from the pool (waiting, or opening a new one).",
+    ["alias"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+POOL_GAUGES = {
+    "size": "Connections the pool keeps (DB_CONNECTION_LIMIT).",
+    "max_overflow": "Connections allowed beyond the pool size (DB_MAX_OVERFLOW).",
+    "checked_out": "Connections in use by requests.",
+    "checked_in": "Idle connections in the pool.",
+    "overflow": "Connections open beyond the pool size.",
+}
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+BREAKER_STATE_HELP = "Provider circuit breaker: 0 closed, 1 half-open, 2 open."
+STATE_PUBLISH_INTERVAL_S = 1.0
+
+PoolReader = Callable[[], Iterable[tuple[str, Mapping[str, int]]]]
+
+
+class StateCollector(Collector):
+    """Pool gauges and breaker state: read at scrape time, or published every second (multiprocess)."""
+
+    def __init__(self, *, read_pools: PoolReader, read_breaker_state: Callable[[], str]) -> None:
+        self.read_pools = read_pools
+        self.read_breaker_state = read_breaker_state
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        return {
+            name: GaugeMetricFamily(f"paymentsite_db_pool_{name}", help_text, labels=["alias"])
+            for name, help_text in POOL_GAUGES.items()
+        }
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Names only, so that registering does not read the pool or build the provider client.
+        yield from self._families().values()
+        yield GaugeMetricFamily("paymentsite_provider_circuit_state", BREAKER_STATE_HELP)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = self._families()
+        for alias, values in self.read_pools():
+            for name, value in values.items():
+                families[name].add_metric([alias], value)
+        yield from families.values()
+        yield GaugeMetricFamily(
+            "paymentsite_provider_circuit_state",
+            BREAKER_STATE_HELP,
+            value=BREAKER_STATES[self.read_breaker_state()],
+        )
+
+    def publish(self) -> None:
+        """Multiprocess mode: write this worker's values to the shared files."""
+        for alias, values in self.read_pools():
+            for name, value in values.items():
+                _POOL_GAUGES[name].labels(alias).set(value)
+        _BREAKER_STATE.set(BREAKER_STATES[self.read_breaker_state()])
+
+
+if MULTIPROCESS:
+    _POOL_GAUGES = {
+        name: Gauge(f"paymentsite_db_pool_{name}", help_text, ["alias"], multiprocess_mode="livesum")
+        for name, help_text in POOL_GAUGES.items()
+    }
+    _BREAKER_STATE = Gauge(
+        "paymentsite_provider_circuit_state", BREAKER_STATE_HELP, multiprocess_mode="livemax"
+    )
+
+_state_collector: StateCollector | None = None
+
+
+def register_state_collector(*, read_pools: PoolReader, read_breaker_state: Callable[[], str]) -> None:
+    global _state_collector
+    _state_collector = StateCollector(read_pools=read_pools, read_breaker_state=read_breaker_state)
+    if not MULTIPROCESS:
+        REGISTRY.register(_state_collector)
+
+
+def start_state_publisher(interval_s: float = STATE_PUBLISH_INTERVAL_S) -> None:
+    """Multiprocess mode: publish this worker's state every interval. Call it after the fork."""
+    collector = _state_collector
+    if not MULTIPROCESS or collector is None:
+        return
+
+    def publish_forever() -> None:
+        while True:
+            try:
+                collector.publish()
+            except Exception:  # a metrics hiccup must not end the thread
+                log_event(logger, "metrics.publish_error", level=logging.ERROR, exc_info=True)
+            time.sleep(interval_s)
+
+    threading.Thread(target=publish_forever, name="metrics-state-publisher", daemon=True).start()
+
+
+def scrape_registry() -> CollectorRegistry:
+    """The registry /metrics renders: this process's, or every worker's files in multiprocess mode."""
+    if not MULTIPROCESS:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry

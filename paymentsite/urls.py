@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.contrib.auth import views as auth_views
+from django.urls import include, path, reverse_lazy
 from drf_spectacular.views import SpectacularAPIView
+
+from health.views import metrics
+from payments import pages
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("payments.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("health/", include("health.urls")),
+    path("metrics", metrics, name="metrics"),
+    path("pay/", pages.pay, name="pay"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(next_page=reverse_lazy("login")), name="logout"),
 ]

@@ -1,0 +1,84 @@
+"""gunicorn settings: `gunicorn -c paymentsite/gunicorn.conf.py paymentsite.wsgi`.
+
+Threaded workers (`gthread`): a charge spends most of its time waiting on the
+provider, with no database connection held (payments.services), so threads
+serve many charges per process cheaply.
+
+Database connections. Every worker process has its own pool, so one instance
+opens up to workers x (DB_CONNECTION_LIMIT + DB_MAX_OVERFLOW) connections.
+MariaDB's max_connections (151 by default) is shared with the other instances,
+the cron commands (each one a process with its own pool), an operator's mysql
+client and monitoring; and during a rolling deploy the old and the new instance
+are both connected. DB_CONNECTION_BUDGET is what this instance may use: by
+default 60, that is (151 - 31 kept free) / 2 for the deploy overlap. Start-up
+stops if the workers could exceed it. With the defaults: 2 workers x (10 + 0)
+= 20 connections.
+
+Threads beyond the pool size are fine: a request holds a connection only for
+its short writes, and one that finds none free waits at most
+DB_ACQUIRE_TIMEOUT, then gets 503 database_busy with Retry-After.
+
+preload_app stays False: the pools, the provider probe thread, the Prometheus
+files and watchtower's sender thread must be created in each worker after the
+fork, never inherited from the master.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from paymentsite import settings as app_settings
+
+wsgi_app = "paymentsite.wsgi:application"
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+worker_class = "gthread"
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+preload_app = False
+# Longer than the slowest charge (PAYMENT_DEADLINE_MS plus two short writes).
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+
+DB_CONNECTION_BUDGET = int(os.environ.get("DB_CONNECTION_BUDGET", "60"))
+connections_per_worker = app_settings.DB_CONNECTION_LIMIT + app_settings.DB_MAX_OVERFLOW
+if app_settings.DATABASE_IS_POOLED and workers * connections_per_worker > DB_CONNECTION_BUDGET:
+    raise SystemExit(
+        f"{workers} workers x {connections_per_worker} connections (DB_CONNECTION_LIMIT + DB_MAX_OVERFLOW) "
+        f"= {workers * connections_per_worker} exceeds DB_CONNECTION_BUDGET={DB_CONNECTION_BUDGET}: "
+        "lower GUNICORN_WORKERS or DB_CONNECTION_LIMIT, or raise the budget if MariaDB's "
+        "max_connections allows it."
+    )
+
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+def on_starting(server: Any) -> None:
+    # Files left by a previous run would be summed into this one's counters.
+    if PROMETHEUS_MULTIPROC_DIR:
+        directory = Path(PROMETHEUS_MULTIPROC_DIR)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    # The app is loaded in this worker: start its own threads, after the fork. The provider
+    # probe runs before the first /health/ asks; the publisher writes pool and breaker
+    # gauges for the other workers' scrapes (multiprocess mode only).
+    from health.probe import provider_probe
+    from paymentsite import metrics
+
+    provider_probe.start()
+    metrics.start_state_publisher()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # Drops a dead worker's live gauges (pool, breaker) from the sums.
+    if PROMETHEUS_MULTIPROC_DIR:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

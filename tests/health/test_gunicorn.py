@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.conf import settings as django_settings
+from django.db import connection
+from prometheus_client.parser import text_string_to_metric_families
+
+from payments.fake_provider import FakeProvider
+from tests.conftest import TEST_API_KEY
+
+WORKERS = 2
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def database_url_for_subprocess() -> str:
+    """The test database, as a URL another process can open."""
+    db = connection.settings_dict
+    if not django_settings.DATABASE_IS_POOLED:
+        return f"sqlite:///{db['NAME']}"
+    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
+    return f"mysql://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 3306}/{db['NAME']}"
+
+
+@pytest.fixture
+def gunicorn(transactional_db: None, fake_provider: FakeProvider, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_for_subprocess(),
+        "PAYMENT_SERVICE_URL": fake_provider.url,
+        "PAYMENT_API_KEY": TEST_API_KEY,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": str(WORKERS),
+        "GUNICORN_THREADS": "4",
+        "LOG_LEVEL": "WARNING",
+    }
+    log = (tmp_path / "gunicorn.log").open("wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gunicorn")), "-c", "paymentsite/gunicorn.conf.py"],
+        cwd=django_settings.BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if requests.get(f"{url}/health/live", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        log.close()
+
+
+def scrape(url: str) -> dict[str, Any]:
+    text = requests.get(f"{url}/metrics", headers={"Connection": "close"}, timeout=5).text
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+@pytest.mark.slow
+def test_metrics_under_gunicorn_sum_every_workers_charges(
+    gunicorn: str, api_user_token: tuple[Any, str], fake_provider: FakeProvider
+) -> None:
+    fake_provider.latency_ms = 200  # keeps both workers busy at once
+    headers = {"Authorization": f"Token {api_user_token[1]}", "Connection": "close"}
+
+    def post(_: int) -> int:
+        body = {"amount": 500, "currency": "EUR", "source": "tok_visa"}
+        return requests.post(f"{gunicorn}/api/v1/charges", json=body, headers=headers, timeout=20).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(post, range(8)))
+    scrapes = [scrape(gunicorn) for _ in range(4)]
+
+    assert statuses == [201] * 8
+    for families in scrapes:  # whichever worker answers, it reports every worker's charges
+        succeeded = [
+            s.value for s in families["paymentsite_charges"].samples if s.labels.get("outcome") == "succeeded"
+        ]
+        assert sum(succeeded) == 8
+    if django_settings.DATABASE_IS_POOLED:
+        # Each worker publishes its pool gauges every second for the others' scrapes.
+        deadline = time.monotonic() + 5
+        while "paymentsite_db_pool_size" not in scrape(gunicorn):
+            assert time.monotonic() < deadline, "no worker published its pool gauges"
+            time.sleep(0.2)
+    health = requests.get(f"{gunicorn}/health/", timeout=5)
+    assert health.status_code == 200
+    assert health.headers["Content-Type"] == "application/health+json"
