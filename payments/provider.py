@@ -288,7 +288,9 @@ class ProviderClient:
                 retry_after_s=exc.retry_after_s,
             )
         result = self._send(method, url, provider_key=provider_key, body=body)
-        if result.outcome in _FAILURES:
+        # A 4xx (a bad request or key, a 409 for a key in flight) says nothing about
+        # the provider's health; only timeouts, connection errors and 5xx count.
+        if result.outcome in _FAILURES and (result.http_status is None or result.http_status >= 500):
             self.breaker.record_failure()
         else:
             self.breaker.record_success()
