@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import environ
 
 from paymentsite.config import EnvReader
+from paymentsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -45,6 +46,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "paymentsite.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -132,6 +134,8 @@ def _derived_health_url(charge_url: str) -> str:
 PAYMENT_HEALTH_URL = config.provider_url(
     "PAYMENT_HEALTH_URL", required=False, default=_derived_health_url(PAYMENT_SERVICE_URL)
 )
+# How often each process probes PAYMENT_HEALTH_URL in the background; /health/ shows the last result.
+PAYMENT_HEALTH_PROBE_S = config.int("PAYMENT_HEALTH_PROBE_S", 5, minimum=1, maximum=300)
 PAYMENT_API_KEY = config.required_str("PAYMENT_API_KEY")
 PAYMENT_TIMEOUT_MS = config.int("PAYMENT_TIMEOUT_MS", 5000, minimum=1, maximum=120_000)
 PAYMENT_CONNECT_TIMEOUT_MS = config.int("PAYMENT_CONNECT_TIMEOUT_MS", 3000, minimum=1, maximum=60_000)
@@ -153,20 +157,17 @@ CLOUDWATCH_ENDPOINT_URL = config.str("CLOUDWATCH_ENDPOINT_URL")
 LOG_LEVEL = config.choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 LOG_FORMAT = config.choice("LOG_FORMAT", "json", {"json", "console"})
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "console": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
-    "handlers": {
-        "stdout": {"class": "logging.StreamHandler", "formatter": "console", "stream": "ext://sys.stdout"},
-    },
-    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
-    "loggers": {
-        "django.db.backends": {"level": "DEBUG" if DB_LOG_QUERIES else "INFO"},
-    },
-}
+CLOUDWATCH_SEND_INTERVAL_S = config.int("CLOUDWATCH_SEND_INTERVAL_S", 5, minimum=1, maximum=60)
+
+LOGGING = logging_config(
+    level=LOG_LEVEL,
+    log_format=LOG_FORMAT,
+    log_queries=DB_LOG_QUERIES,
+    cloudwatch_log_group=CLOUDWATCH_LOG_GROUP,
+    aws_region=AWS_REGION,
+    cloudwatch_endpoint_url=CLOUDWATCH_ENDPOINT_URL,
+    cloudwatch_send_interval_s=CLOUDWATCH_SEND_INTERVAL_S,
+)
 
 # Django REST framework ------------------------------------------------------
 
@@ -199,7 +200,8 @@ SPECTACULAR_SETTINGS = {
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/pay/"
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
