@@ -78,6 +78,10 @@ class Transaction(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [
+            ("retry_transaction", "Can retry and reconcile failed transactions"),
+            ("cancel_transaction", "Can cancel failed transactions"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["client", "idempotency_key"], name="unique_client_idempotency_key"

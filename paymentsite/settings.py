@@ -112,9 +112,12 @@ if DATABASE_IS_POOLED:
     if config.str("DB_TEST_NAME"):
         _database["TEST"] = {"NAME": config.str("DB_TEST_NAME")}
 else:
+    # IMMEDIATE: a transaction takes SQLite's write lock when it begins, so two
+    # processes that read then write a row queue on the busy timeout instead of one
+    # failing with "database is locked" (SQLite ignores SELECT … FOR UPDATE).
+    _database["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     # A file, not memory, so that live-server and concurrency tests get one
     # connection per thread as they would on MariaDB.
-    _database["OPTIONS"] = {"timeout": 20}
     _database["TEST"] = {"NAME": str(BASE_DIR / f".{config.str('DB_TEST_NAME') or 'test-db'}.sqlite3")}
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,0 +1,257 @@
+"""What retry_failed_payments and reconcile_payments share.
+
+Rows are claimed one at a time by the services (SKIP LOCKED or a conditional
+UPDATE), so several copies of a command, on several hosts, can run at once.
+The first Ctrl-C or SIGTERM lets the transaction in hand finish and stops; a
+second stops at once (a row whose provider call had not started is put back).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
+from django.db.models import QuerySet
+
+from payments.exceptions import ProviderUnavailable
+from payments.models import Transaction
+from payments.services import ActionOutcome, ActionResult
+from paymentsite.log import log_event
+
+logger = logging.getLogger("payments.commands")
+
+EXIT_ERRORS = 1
+EXIT_SIGNAL_BASE = 128
+
+
+class _GracefulStop:
+    def __init__(self, stderr: OutputWrapper) -> None:
+        self.stderr = stderr
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    def __enter__(self) -> _GracefulStop:
+        # Signal handlers can only be set from the main thread (not so under some test runners).
+        if threading.current_thread() is threading.main_thread():
+            for signal_number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signal_number] = signal.signal(signal_number, self._handle)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for signal_number, handler in self._previous.items():
+            signal.signal(signal_number, handler)
+
+    def _handle(self, signal_number: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+        self.stderr.write(
+            f"{signal.Signals(signal_number).name}: stopping after the transaction in hand "
+            "(send it again to stop at once)."
+        )
+
+
+@dataclass
+class _Run:
+    results: list[ActionResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    def counts(self) -> Counter[str]:
+        return Counter(result.outcome.value for result in self.results)
+
+    @property
+    def error_count(self) -> int:
+        return len(self.errors) + sum(r.outcome == ActionOutcome.UNAVAILABLE for r in self.results)
+
+
+class BatchCommand(BaseCommand):
+    default_limit = 100
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--limit", type=int, default=self.default_limit, help="Work at most this many transactions."
+        )
+        parser.add_argument(
+            "--id",
+            dest="transaction_ids",
+            action="append",
+            type=uuid.UUID,
+            default=[],
+            metavar="UUID",
+            help="Work only this transaction (may be repeated).",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="List what would be worked; change nothing."
+        )
+        parser.add_argument("--json", action="store_true", help="Print the summary as one JSON line.")
+        parser.add_argument(
+            "--progress-every",
+            type=int,
+            default=25,
+            metavar="N",
+            help="Report progress on stderr every N transactions (-v 2: every one).",
+        )
+
+    def work_next(self, *, skip_ids: set[uuid.UUID], options: dict[str, Any]) -> ActionResult | None:
+        raise NotImplementedError
+
+    def work_one(self, *, transaction_id: uuid.UUID, options: dict[str, Any]) -> ActionResult:
+        raise NotImplementedError
+
+    def dry_run_candidates(self, options: dict[str, Any]) -> QuerySet[Transaction]:
+        raise NotImplementedError
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["limit"] < 1:
+            raise CommandError("--limit must be at least 1.")
+        started = time.monotonic()
+        if options["dry_run"]:
+            self._report_dry_run(options, started)
+            return
+        run = _Run()
+        with _GracefulStop(self.stderr) as stop:
+            try:
+                for result in self._work(options, stop, run):
+                    run.results.append(result)
+                    self._progress(run, options)
+            except KeyboardInterrupt:
+                run.interrupted = True
+        run.interrupted = run.interrupted or stop.requested
+        self._report(run, options, started)
+        if run.interrupted:
+            signal_number = stop.signal_number or signal.SIGINT
+            raise CommandError("Interrupted.", returncode=EXIT_SIGNAL_BASE + signal_number)
+        if run.error_count:
+            raise CommandError(f"{run.error_count} error(s); see above.", returncode=EXIT_ERRORS)
+
+    def _work(self, options: dict[str, Any], stop: _GracefulStop, run: _Run) -> Iterator[ActionResult]:
+        skip_ids: set[uuid.UUID] = set()
+        try:
+            if options["transaction_ids"]:
+                for transaction_id in options["transaction_ids"]:
+                    if stop.requested:
+                        return
+                    yield self.work_one(transaction_id=transaction_id, options=options)
+                return
+            while len(skip_ids) < options["limit"] and not stop.requested:
+                result = self.work_next(skip_ids=skip_ids, options=options)
+                if result is None:
+                    return
+                skip_ids.add(result.transaction_id)
+                yield result
+        except ProviderUnavailable as exc:
+            run.errors.append(
+                f"The provider is unavailable (circuit open; retry after {exc.retry_after_s} s). "
+                "The remaining transactions are left for the next run."
+            )
+        except Exception as exc:
+            log_event(
+                logger,
+                "payment.command_error",
+                level=logging.ERROR,
+                message=f"{self.name} stopped on an error",
+                exc_info=True,
+                command=self.name,
+            )
+            run.errors.append(f"{type(exc).__name__}: {exc}")
+
+    @property
+    def name(self) -> str:
+        return self.__module__.rsplit(".", 1)[-1]
+
+    def _progress(self, run: _Run, options: dict[str, Any]) -> None:
+        done = len(run.results)
+        if options["verbosity"] >= 2:
+            result = run.results[-1]
+            detail = f": {result.detail}" if result.detail else ""
+            self.stderr.write(f"[{done}] {result.transaction_id} {result.outcome} ({result.status}){detail}")
+        elif options["verbosity"] >= 1 and not options["json"] and done % options["progress_every"] == 0:
+            counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(run.counts().items()))
+            self.stderr.write(f"… {done} done ({counts})")
+
+    def _report(self, run: _Run, options: dict[str, Any], started: float) -> None:
+        duration_ms = int((time.monotonic() - started) * 1000)
+        counts = run.counts()
+        if options["json"]:
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "command": self.name,
+                        "dry_run": False,
+                        "interrupted": run.interrupted,
+                        "duration_ms": duration_ms,
+                        "total": len(run.results),
+                        "counts": dict(sorted(counts.items())),
+                        "errors": run.errors,
+                        "transactions": [
+                            {
+                                "id": str(result.transaction_id),
+                                "outcome": result.outcome.value,
+                                "status": result.status,
+                                "detail": result.detail,
+                            }
+                            for result in run.results
+                        ],
+                    },
+                    separators=(",", ":"),
+                )
+            )
+            return
+        state = " (interrupted)" if run.interrupted else ""
+        lines = [f"{self.name}: {len(run.results)} transaction(s) in {duration_ms / 1000:.1f} s{state}"]
+        lines += self._table(counts)
+        lines += [f"error: {error}" for error in run.errors]
+        self.stdout.write("\n".join(lines))
+
+    @staticmethod
+    def _table(counts: Counter[str]) -> list[str]:
+        rows = [(outcome.value, counts[outcome.value]) for outcome in ActionOutcome if counts[outcome.value]]
+        rows.append(("total", sum(counts.values())))
+        width = max(len("outcome"), *(len(name) for name, _ in rows))
+        return [f"  {'outcome':<{width}}  {'count':>5}"] + [f"  {name:<{width}}  {n:>5}" for name, n in rows]
+
+    def _report_dry_run(self, options: dict[str, Any], started: float) -> None:
+        candidates = list(self.dry_run_candidates(options)[: options["limit"]])
+        rows = [
+            {
+                "id": str(txn.pk),
+                "status": txn.status,
+                "error_type": txn.error_type,
+                "attempts": txn.attempts,
+                "amount": txn.amount_display,
+                "updated_at": txn.updated_at.isoformat(),
+            }
+            for txn in candidates
+        ]
+        if options["json"]:
+            duration_ms = int((time.monotonic() - started) * 1000)
+            summary = {"command": self.name, "dry_run": True, "duration_ms": duration_ms, "total": len(rows)}
+            self.stdout.write(json.dumps({**summary, "transactions": rows}, separators=(",", ":")))
+            return
+        lines = [f"{self.name} --dry-run: {len(rows)} transaction(s) would be worked; nothing was changed."]
+        lines += [
+            f"  {row['id']}  {row['status']:<9} {row['error_type'] or '-':<26} "
+            f"attempts={row['attempts']}  {row['amount']}"
+            for row in rows
+        ]
+        self.stdout.write("\n".join(lines))

@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from payments import services
+from payments.exceptions import InvalidRequest
+from payments.fake_provider import FakeProvider
+from payments.models import PaymentAttempt, Transaction
+from payments.services import ActionOutcome
+from tests.payments.factories import charge, failed, stale_pending
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STALE_AFTER = timedelta(minutes=10)
+Status = Transaction.Status
+
+
+def refreshed(txn: Transaction) -> Transaction:
+    return Transaction.objects.get(pk=txn.pk)
+
+
+def test_retry_after_provider_outage_charges_once_with_the_stored_key(fake_provider: FakeProvider) -> None:
+    fake_provider.stop()
+    try:
+        txn = charge("tok_visa")
+    finally:
+        fake_provider.start()
+    assert (txn.status, txn.error_type) == (Status.FAILED, "provider_connection_error")
+    assert txn.source == "tok_visa", "the token is kept while the charge may be sent again"
+
+    result = services.charge_retry(transaction_id=txn.pk, actor="alice")
+
+    assert (result.outcome, result.status) == (ActionOutcome.SUCCEEDED, Status.SUCCEEDED)
+    txn = refreshed(txn)
+    assert txn.provider_charge_id.startswith("ch_")
+    assert txn.source == "" and txn.next_retry_at is None
+    assert fake_provider.charge_count(txn.provider_idempotency_key) == 1
+    assert fake_provider.total_charges() == 1
+
+
+def test_retry_failing_again_backs_off_then_needs_review(fake_provider: FakeProvider, settings: Any) -> None:
+    settings.PAYMENT_MAX_RETRIES = 0
+    settings.PAYMENT_MAX_ATTEMPTS = 3
+    txn = charge("tok_error")
+    first_delay_s = (txn.next_retry_at - timezone.now()).total_seconds()
+
+    services.charge_retry(transaction_id=txn.pk, actor="alice")
+    second = refreshed(txn)
+    second_delay_s = (second.next_retry_at - timezone.now()).total_seconds()
+    result = services.charge_retry(transaction_id=txn.pk, actor="alice")
+
+    assert result.outcome == ActionOutcome.FAILED
+    third = refreshed(txn)
+    assert 50 < first_delay_s <= 60 and 110 < second_delay_s <= 120, "exponential backoff"
+    assert (third.attempts, third.next_retry_at, third.needs_review) == (3, None, True)
+    assert services.charge_retry_next(max_attempts=3, skip_ids=set(), actor="cron") is None
+    assert fake_provider.request_count(txn.provider_idempotency_key) == 3
+
+
+def test_support_may_retry_a_transaction_that_needs_review(fake_provider: FakeProvider) -> None:
+    txn = failed(attempts=6, next_retry_at=None)
+    assert txn.needs_review
+
+    result = services.charge_retry(transaction_id=txn.pk, actor="alice")
+
+    assert result.outcome == ActionOutcome.SUCCEEDED
+    assert fake_provider.charge_count(txn.provider_idempotency_key) == 1
+
+
+@pytest.mark.parametrize("source", ["tok_visa", "tok_chargeDeclined"])
+def test_retry_skips_a_transaction_that_is_not_failed(fake_provider: FakeProvider, source: str) -> None:
+    txn = charge(source)
+    requests_before = fake_provider.request_count(txn.provider_idempotency_key)
+
+    result = services.charge_retry(transaction_id=txn.pk, actor="alice")
+
+    assert result.outcome == ActionOutcome.SKIPPED
+    assert refreshed(txn).status == txn.status
+    assert fake_provider.request_count(txn.provider_idempotency_key) == requests_before
+
+
+def test_two_concurrent_retries_of_one_transaction_send_it_once(
+    fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_TIMEOUT_MS = 2000
+    fake_provider.latency_ms = 200
+    txn = failed()
+    barrier = threading.Barrier(2)
+    outcomes: list[ActionOutcome] = []
+
+    def retry() -> None:
+        barrier.wait()
+        outcomes.append(services.charge_retry(transaction_id=txn.pk, actor="alice").outcome)
+
+    threads = [threading.Thread(target=retry) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == [ActionOutcome.SKIPPED, ActionOutcome.SUCCEEDED]
+    assert fake_provider.request_count(txn.provider_idempotency_key) == 1
+    assert refreshed(txn).attempts == 2
+
+
+def test_interrupt_before_the_provider_call_puts_the_claimed_row_back(
+    fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C cannot be timed to land between the claim and the call; raise it there instead.
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(services, "release_db_connection", interrupted)
+    txn = failed()
+
+    with pytest.raises(KeyboardInterrupt):
+        services.charge_retry(transaction_id=txn.pk, actor="alice")
+
+    after = refreshed(txn)
+    assert (after.status, after.updated_at, after.attempts) == (Status.FAILED, txn.updated_at, 1)
+    assert fake_provider.request_count(txn.provider_idempotency_key) == 0
+
+
+def test_reconcile_finds_timed_out_charge_succeeded_without_charging_again(
+    fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_MAX_RETRIES = 0
+    txn = charge("tok_timeout")
+    assert (txn.status, txn.error_type) == (Status.FAILED, "provider_timeout")
+
+    result = services.charge_reconcile(transaction_id=txn.pk, actor="alice", stale_after=STALE_AFTER)
+
+    assert result.outcome == ActionOutcome.SUCCEEDED
+    after = refreshed(txn)
+    assert after.status == Status.SUCCEEDED and after.provider_charge_id.startswith("ch_")
+    assert after.attempts == 1, "a lookup is not a charge attempt"
+    assert fake_provider.request_count(txn.provider_idempotency_key) == 1, "no second POST"
+    assert fake_provider.charge_count(txn.provider_idempotency_key) == 1
+    assert list(after.attempt_log.values_list("kind", "http_status")) == [("charge", None), ("lookup", 200)]
+
+
+def test_reconcile_finds_a_declined_charge_declined(fake_provider: FakeProvider) -> None:
+    declined = charge("tok_chargeDeclined")
+    # As if the process had died before recording the provider's answer.
+    Transaction.objects.filter(pk=declined.pk).update(
+        status=Status.PENDING, updated_at=timezone.now() - timedelta(minutes=11)
+    )
+
+    result = services.charge_reconcile(transaction_id=declined.pk, actor="alice", stale_after=STALE_AFTER)
+
+    assert (result.outcome, refreshed(declined).error_code) == (ActionOutcome.DECLINED, "generic_decline")
+
+
+def test_reconcile_of_stale_pending_row_unknown_to_provider_makes_it_failed_and_retryable(
+    fake_provider: FakeProvider,
+) -> None:
+    txn = stale_pending()
+
+    result = services.charge_reconcile(transaction_id=txn.pk, actor="alice", stale_after=STALE_AFTER)
+
+    assert result.outcome == ActionOutcome.NOT_CHARGED
+    after = refreshed(txn)
+    assert (after.status, after.error_code) == (Status.FAILED, "not_charged")
+    assert after.next_retry_at is not None and after.next_retry_at <= timezone.now()
+    assert fake_provider.total_charges() == 0
+    retried = services.charge_retry_next(max_attempts=6, skip_ids=set(), actor="cron")
+    assert retried is not None and retried.outcome == ActionOutcome.SUCCEEDED
+    assert fake_provider.charge_count(txn.provider_idempotency_key) == 1
+
+
+def test_reconcile_leaves_a_pending_row_younger_than_stale_after_alone(fake_provider: FakeProvider) -> None:
+    txn = stale_pending(age=timedelta(minutes=2))
+
+    result = services.charge_reconcile(transaction_id=txn.pk, actor="alice", stale_after=STALE_AFTER)
+
+    assert result.outcome == ActionOutcome.SKIPPED
+    assert refreshed(txn).status == Status.PENDING
+    assert fake_provider.request_count(txn.provider_idempotency_key) == 0
+
+
+def test_reconcile_while_provider_is_down_leaves_the_row_as_it_was(fake_provider: FakeProvider) -> None:
+    txn = failed(error_type="provider_timeout", error_code="provider_timeout")
+    fake_provider.stop()
+    try:
+        result = services.charge_reconcile(transaction_id=txn.pk, actor="alice", stale_after=STALE_AFTER)
+    finally:
+        fake_provider.start()
+
+    assert result.outcome == ActionOutcome.UNAVAILABLE
+    after = refreshed(txn)
+    assert (after.status, after.error_type, after.attempts) == (Status.FAILED, "provider_timeout", 1)
+    assert (after.next_retry_at, after.updated_at) == (txn.next_retry_at, txn.updated_at)
+    assert set(after.attempt_log.values_list("kind", "outcome")) == {("lookup", "provider_connection_error")}
+
+
+def test_cancel_stores_the_reason_and_forgets_the_token(fake_provider: FakeProvider) -> None:
+    txn = failed(error_type="provider_error", error_code="internal_error")
+
+    canceled = services.charge_cancel(transaction_id=txn.pk, reason="  Paid by bank transfer ", actor="alice")
+
+    assert (canceled.status, canceled.status_note) == (Status.CANCELED, "Paid by bank transfer")
+    assert refreshed(txn).source == ""
+    assert services.charge_retry(transaction_id=txn.pk, actor="alice").outcome == ActionOutcome.SKIPPED
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason", "message"),
+    [
+        ({"error_type": "provider_error"}, " ", "reason is required"),
+        ({"status": "succeeded", "next_retry_at": None}, "duplicate", "only a failed payment"),
+        ({"error_type": "provider_timeout"}, "duplicate", "reconcile it first"),
+    ],
+)
+def test_cancel_is_refused(fields: dict[str, Any], reason: str, message: str) -> None:
+    txn = failed(**fields)
+
+    with pytest.raises(InvalidRequest, match=message):
+        services.charge_cancel(transaction_id=txn.pk, reason=reason, actor="alice")
+
+    assert refreshed(txn).status == txn.status
+    assert not PaymentAttempt.objects.exists()
