@@ -48,6 +48,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "paymentsite.logs.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -202,6 +203,8 @@ SPECTACULAR_SETTINGS = {
 # Static files, sessions, i18n -------------------------------------------------
 
 STATIC_URL = "static/"
+# gunicorn serves the admin's and the payment page's files through WhiteNoise
+# after `manage.py collectstatic` (runserver and the tests serve them directly).
 STATIC_ROOT = BASE_DIR / "staticfiles"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/pay/"
