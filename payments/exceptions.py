@@ -10,10 +10,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
+
+from paymentsite.log import log_event
 
 if TYPE_CHECKING:
     from payments.models import Transaction
@@ -101,6 +104,10 @@ class DatabaseBusy(PaymentError):
     retry_after_s = 1
 
 
+class DatabaseUnavailable(DatabaseBusy):
+    code = "database_unavailable"
+
+
 class PayloadTooLarge(drf_exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "Request body is too large."
@@ -176,6 +183,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if is_pool_exhausted(exc):
         return payment_error_response(
             DatabaseBusy("The service is busy; no database connection was free. Try again shortly.")
+        )
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is down or restarting: the client can do nothing but retry (with the same
+        # Idempotency-Key, which is safe). Logged here because Django no longer sees a 500.
+        log_event(logger, "db.connection_error", level=logging.ERROR, message=str(exc)[:200], exc_info=True)
+        return payment_error_response(
+            DatabaseUnavailable("The service cannot reach its database. Try again shortly.")
         )
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()

@@ -5,6 +5,7 @@ import re
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -26,19 +27,45 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
-class ChargeCreateSerializer(serializers.Serializer):
-    amount = StrictIntegerField(min_value=1, help_text="In the currency's minor unit: 1999 = 19.99 USD.")
-    currency = serializers.CharField(help_text="ISO 4217 code, for example USD.")
-    source = serializers.CharField(max_length=255, help_text="A card token, for example tok_visa.")
-    description = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
-    metadata = serializers.JSONField(required=False, default=dict)
+# The schema states what validation accepts, so that a schema-valid request is a valid one (the
+# fuzz test in tests/test_fuzz_api.py holds the API to its schema).
+@extend_schema_field({"type": "string", "enum": sorted(MINOR_UNIT_DIGITS)})
+class CurrencyField(serializers.CharField):
+    pass
 
-    def validate_amount(self, value: int) -> int:
-        if value > settings.PAYMENT_MAX_AMOUNT:
-            raise serializers.ValidationError(
-                f"Ensure this value is less than or equal to {settings.PAYMENT_MAX_AMOUNT}."
-            )
-        return value
+
+@extend_schema_field({"type": "string", "pattern": SOURCE_PATTERN.pattern, "maxLength": 255})
+class SourceField(serializers.CharField):
+    pass
+
+
+@extend_schema_field({"type": "string", "pattern": "^[^\\x00]*$", "maxLength": 500})
+class DescriptionField(serializers.CharField):
+    """DRF refuses NUL characters in any string."""
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "maxProperties": METADATA_MAX_KEYS,
+        "propertyNames": {"maxLength": METADATA_MAX_KEY_CHARS},
+        "additionalProperties": {"type": ["string", "number", "boolean", "null"], "maxLength": 100},
+    }
+)
+class MetadataField(serializers.JSONField):
+    pass
+
+
+class ChargeCreateSerializer(serializers.Serializer):
+    amount = StrictIntegerField(
+        min_value=1,
+        max_value=settings.PAYMENT_MAX_AMOUNT,
+        help_text="In the currency's minor unit: 1999 = 19.99 USD.",
+    )
+    currency = CurrencyField(help_text="ISO 4217 code, for example USD.")
+    source = SourceField(max_length=255, help_text="A card token, for example tok_visa.")
+    description = DescriptionField(max_length=500, required=False, allow_blank=True, default="")
+    metadata = MetadataField(required=False, default=dict, help_text="At most 4096 bytes as JSON.")
 
     def validate_currency(self, value: str) -> str:
         code = value.strip().upper()
@@ -73,6 +100,16 @@ class ChargeCreateSerializer(serializers.Serializer):
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
+
+
+class ChargeCreateSchema(OpenApiSerializerExtension):
+    """The request schema refuses unknown fields, as `to_internal_value` does."""
+
+    target_class = ChargeCreateSerializer
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}
 
 
 class ErrorSerializer(serializers.Serializer):

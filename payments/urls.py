@@ -6,5 +6,5 @@ from payments import views
 
 urlpatterns = [
     path("charges", views.ChargeListCreateView.as_view(), name="charges"),
-    path("charges/<uuid:transaction_id>", views.ChargeDetailView.as_view(), name="charge-detail"),
+    path("charges/<str:transaction_id>", views.ChargeDetailView.as_view(), name="charge-detail"),
 ]

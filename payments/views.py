@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 import uuid
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ValidationError
@@ -35,6 +36,17 @@ ErrorResponse = inline_serializer(
 )
 
 
+TransactionPage = inline_serializer(
+    "TransactionPage",
+    fields={
+        "count": serializers.IntegerField(),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": TransactionSerializer(many=True),
+    },
+)
+
+
 def _idempotency_key(request: Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None or key == "":
@@ -50,7 +62,7 @@ class ChargeListCreateView(APIView):
     @extend_schema(
         operation_id="charges_list",
         parameters=[OpenApiParameter("status", enum=Transaction.Status.values, required=False)],
-        responses={200: TransactionSerializer(many=True), 400: ErrorResponse, 401: ErrorResponse},
+        responses={200: TransactionPage, 400: ErrorResponse, 401: ErrorResponse},
     )
     def get(self, request: Request) -> Response:
         status_filter = request.query_params.get("status")
@@ -64,7 +76,14 @@ class ChargeListCreateView(APIView):
     @extend_schema(
         operation_id="charges_create",
         request=ChargeCreateSerializer,
-        parameters=[OpenApiParameter("Idempotency-Key", location=OpenApiParameter.HEADER, required=False)],
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                location=OpenApiParameter.HEADER,
+                required=False,
+                pattern=f"^[\\x21-\\x7e]{{1,{IDEMPOTENCY_KEY_MAX_CHARS}}}$",
+            )
+        ],
         responses={
             201: TransactionSerializer,
             **{
@@ -89,13 +108,20 @@ class ChargeListCreateView(APIView):
 
 class ChargeDetailView(APIView):
     @extend_schema(
-        operation_id="charges_retrieve", responses={200: TransactionDetailSerializer, 404: ErrorResponse}
+        operation_id="charges_retrieve",
+        parameters=[OpenApiParameter("transaction_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses={200: TransactionDetailSerializer, 401: ErrorResponse, 404: ErrorResponse},
     )
-    def get(self, request: Request, transaction_id: uuid.UUID) -> Response:
+    def get(self, request: Request, transaction_id: str) -> Response:
+        # The URL takes any string, so that a malformed id gets the API's JSON 404, not Django's HTML one.
+        try:
+            pk = uuid.UUID(transaction_id)
+        except ValueError:
+            raise NotFound("No such charge.") from None
         txn = (
             selectors.transactions_for_client(client=request.user)
             .prefetch_related("attempt_log")
-            .filter(pk=transaction_id)
+            .filter(pk=pk)
             .first()
         )
         if txn is None:
