@@ -132,7 +132,9 @@ _local = threading.local()
 def _outcome_of_status(http_status: int) -> Outcome:
     if http_status < 300:
         return Outcome.SUCCEEDED
-    if http_status == 402:
+    if http_status in (400, 402, 422):
+        # 400/422: the provider refused this request (an unknown token, say). Sending
+        # the same body again cannot succeed, so it is as final as a decline.
         return Outcome.DECLINED
     if http_status == 404:
         return Outcome.NOT_FOUND
@@ -374,7 +376,7 @@ def _declined(http_status: int, error: dict, *, charge_id: str) -> ProviderResul
         outcome=Outcome.DECLINED,
         http_status=http_status,
         charge_id=charge_id if isinstance(charge_id, str) else "",
-        code=str(error.get("decline_code") or error.get("code") or "card_declined")[:64],
+        code=str(error.get("decline_code") or error.get("code") or error.get("type") or "card_declined")[:64],
         message=str(error.get("message") or "The card was declined.")[:500],
     )
 

@@ -68,6 +68,20 @@ def test_declined_card_answers_402_card_error(api: APIClient, source: str, decli
     assert PaymentAttempt.objects.count() == 1, "a decline is never retried"
 
 
+def test_provider_refusing_the_source_is_a_final_decline_never_retried(
+    api: APIClient, fake_provider: FakeProvider
+) -> None:
+    response = charge(api, source="card_4242abcd")
+
+    assert response.status_code == 402
+    body = assert_error_body(response, "card_error")
+    assert body["error"]["decline_code"] == "invalid_request_error"
+    txn = Transaction.objects.get(pk=body["transaction"]["id"])
+    assert (txn.status, txn.next_retry_at, txn.source) == ("declined", None, "")
+    assert [a.http_status for a in txn.attempt_log.all()] == [400]
+    assert fake_provider.total_charges() == 0
+
+
 def test_flaky_provider_succeeds_on_third_attempt_and_records_all(
     api: APIClient, fake_provider: FakeProvider
 ) -> None:
