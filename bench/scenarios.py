@@ -214,7 +214,7 @@ def steady_and_floor(bench: Bench) -> dict[str, Figures]:
 
 
 def small_pool(bench: Bench, steady_throughput_per_s: float) -> Figures:
-    """Two connections per worker for 16 threads: enough only if none is held across the provider call."""
+    """Two connections per worker for 32 threads: enough only if none is held across the provider call."""
     with bench.gunicorn("small-pool", bench.env(DB_CONNECTION_LIMIT="2", DB_MAX_OVERFLOW="0")) as server:
         bench.warm_up(server)
         charges = run_load(

@@ -80,6 +80,7 @@ class _ClientSettings:
     deadline_s: float
     breaker_failures: int
     breaker_reset_s: int
+    max_concurrent_calls: int
 
     @classmethod
     def from_django(cls) -> _ClientSettings:
@@ -93,6 +94,7 @@ class _ClientSettings:
             deadline_s=settings.PAYMENT_DEADLINE_MS / 1000,
             breaker_failures=settings.PAYMENT_BREAKER_FAILURES,
             breaker_reset_s=settings.PAYMENT_BREAKER_RESET_S,
+            max_concurrent_calls=settings.PAYMENT_MAX_CONCURRENT_CALLS,
         )
 
 
@@ -208,6 +210,8 @@ class _RecordingRetry(Retry):
 class ProviderClient:
     def __init__(self, client_settings: _ClientSettings) -> None:
         self.settings = client_settings
+        # A bulkhead: charges this process may have waiting on the provider at once.
+        self.call_slots = threading.BoundedSemaphore(client_settings.max_concurrent_calls)
         self.breaker = CircuitBreaker(
             failure_threshold=client_settings.breaker_failures,
             reset_timeout_s=client_settings.breaker_reset_s,

@@ -7,12 +7,13 @@ connection, is held while the provider is called. Each operation is
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -91,10 +92,24 @@ def charge_create(
         existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key)
         if existing is not None:
             return _resume(existing, request.fingerprint())
-    _ensure_provider_available()
+    with _provider_call_slot():
+        txn = _insert_pending(client=client, request=request, idempotency_key=idempotency_key)
+        if txn is not None:
+            return _call_provider_and_settle(txn)
+    # Another request with the same key inserted first.
+    existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key or "")
+    if existing is None:
+        raise IdempotencyConflict("A request with this Idempotency-Key is still in progress.")
+    return _resume(existing, request.fingerprint())
+
+
+def _insert_pending(
+    *, client: AbstractBaseUser, request: ChargeRequest, idempotency_key: str | None
+) -> Transaction | None:
+    """The pending row, committed before the provider is called; None if the key is taken."""
     try:
         with transaction.atomic():
-            txn = Transaction.objects.create(
+            return Transaction.objects.create(
                 client=client,
                 amount=request.amount,
                 currency=request.currency,
@@ -107,12 +122,9 @@ def charge_create(
                 status=Status.PENDING,
             )
     except IntegrityError:
-        # Another request with the same key inserted first.
-        existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key or "")
-        if existing is None:
+        if not idempotency_key:
             raise
-        return _resume(existing, request.fingerprint())
-    return _call_provider_and_settle(txn)
+        return None
 
 
 def _resume(txn: Transaction, fingerprint: str) -> Charged:
@@ -127,14 +139,14 @@ def _resume(txn: Transaction, fingerprint: str) -> Charged:
             transaction=txn,
         )
     if txn.status == Status.FAILED:
-        _ensure_provider_available()
-        if not _claim_failed(txn):
-            raise IdempotencyConflict(
-                "A request with this Idempotency-Key is still in progress.",
-                code="request_in_progress",
-                transaction=selectors.transaction_get(transaction_id=txn.pk),
-            )
-        return _call_provider_and_settle(txn)
+        with _provider_call_slot():
+            if not _claim_failed(txn):
+                raise IdempotencyConflict(
+                    "A request with this Idempotency-Key is still in progress.",
+                    code="request_in_progress",
+                    transaction=selectors.transaction_get(transaction_id=txn.pk),
+                )
+            return _call_provider_and_settle(txn)
     return raise_for_status(txn, replayed=True)
 
 
@@ -154,6 +166,28 @@ def _ensure_provider_available() -> None:
             "The payment provider is unavailable. Nothing was charged; try again later.",
             retry_after_s=exc.retry_after_s,
         ) from exc
+
+
+@contextlib.contextmanager
+def _provider_call_slot() -> Iterator[None]:
+    """Refuse at once, writing nothing, when the provider cannot take the call now.
+
+    Either the breaker is open, or this process already has
+    PAYMENT_MAX_CONCURRENT_CALLS requests waiting on the provider: a hanging
+    provider must not take every thread, or /health/ and the admin stop answering.
+    """
+    _ensure_provider_available()
+    slots = provider.get_client().call_slots
+    if not slots.acquire(blocking=False):
+        raise ProviderUnavailable(
+            "Too many payments are waiting on the payment provider. Nothing was charged; try again shortly.",
+            code="provider_busy",
+            retry_after_s=1,
+        )
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def _call_provider_and_settle(txn: Transaction) -> Charged:

@@ -18,6 +18,11 @@ Threads beyond the pool size are fine: a request holds a connection only for
 its short writes, and one that finds none free waits at most
 DB_ACQUIRE_TIMEOUT, then gets 503 database_busy with Retry-After.
 
+Threads beyond PAYMENT_MAX_CONCURRENT_CALLS (32 against 24 by default) are
+kept for everything else: while the provider hangs, at most that many threads
+wait on it and later charges get 503 provider_busy at once, so /health/, the
+admin and replays still find a free thread (measured: see README, Performance).
+
 preload_app stays False: the pools, the provider probe thread, the Prometheus
 files and watchtower's sender thread must be created in each worker after the
 fork, never inherited from the master.
@@ -36,7 +41,7 @@ wsgi_app = "paymentsite.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 worker_class = "gthread"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 preload_app = False
 # Longer than the slowest charge (PAYMENT_DEADLINE_MS plus two short writes).
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
@@ -52,6 +57,13 @@ if app_settings.DATABASE_IS_POOLED and workers * connections_per_worker > DB_CON
         f"= {workers * connections_per_worker} exceeds DB_CONNECTION_BUDGET={DB_CONNECTION_BUDGET}: "
         "lower GUNICORN_WORKERS or DB_CONNECTION_LIMIT, or raise the budget if MariaDB's "
         "max_connections allows it."
+    )
+
+if threads <= app_settings.PAYMENT_MAX_CONCURRENT_CALLS:
+    raise SystemExit(
+        f"GUNICORN_THREADS={threads} must exceed PAYMENT_MAX_CONCURRENT_CALLS="
+        f"{app_settings.PAYMENT_MAX_CONCURRENT_CALLS}: while the provider hangs, the threads "
+        "left over are the ones that answer /health/ and the admin."
     )
 
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")

@@ -72,3 +72,19 @@ def test_wsgi_start_up_refuses_a_bad_value() -> None:
 
     assert result.returncode != 0
     assert "DB_CONNECTION_LIMIT='0' is invalid" in result.stderr
+
+
+def test_gunicorn_refuses_fewer_threads_than_the_provider_bulkhead() -> None:
+    env = {**os.environ, **VALID, "GUNICORN_THREADS": "8", "PAYMENT_MAX_CONCURRENT_CALLS": "8"}
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import runpy; runpy.run_path('paymentsite/gunicorn.conf.py')"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert "GUNICORN_THREADS=8 must exceed PAYMENT_MAX_CONCURRENT_CALLS=8" in result.stderr

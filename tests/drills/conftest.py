@@ -28,5 +28,6 @@ def service_env(fake_provider: FakeProvider) -> dict[str, Any]:
         "PAYMENT_SERVICE_URL": fake_provider.url,
         "PAYMENT_API_KEY": TEST_API_KEY,
         "GUNICORN_THREADS": "4",
+        "PAYMENT_MAX_CONCURRENT_CALLS": "3",
         "LOG_LEVEL": "WARNING",
     }

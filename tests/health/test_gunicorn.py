@@ -48,7 +48,9 @@ def gunicorn(transactional_db: None, fake_provider: FakeProvider, tmp_path: Path
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": str(WORKERS),
-        "GUNICORN_THREADS": "4",
+        # Enough for all eight charges to land in one worker.
+        "GUNICORN_THREADS": "10",
+        "PAYMENT_MAX_CONCURRENT_CALLS": "8",
         "LOG_LEVEL": "WARNING",
     }
     log = (tmp_path / "gunicorn.log").open("wb")

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import requests
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -100,3 +103,32 @@ def test_provider_4xx_answers_never_open_the_breaker(api: APIClient, breaker_set
 
     snapshot = provider.get_client().breaker.snapshot()
     assert (snapshot.state, snapshot.consecutive_failures, snapshot.opened_total) == ("closed", 0, 0)
+
+
+def test_calls_beyond_the_bulkhead_are_refused_at_once_writing_nothing(
+    live_server: Any, api_user_token: tuple[Any, str], fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_MAX_CONCURRENT_CALLS = 2
+    settings.PAYMENT_TIMEOUT_MS = 3000
+    fake_provider.latency_ms = 800
+    url = f"{live_server.url}/api/v1/charges"
+    barrier = threading.Barrier(4)
+
+    def post(number: int, *, together: bool = True) -> requests.Response:
+        if together:
+            barrier.wait()
+        headers = {"Authorization": f"Token {api_user_token[1]}", "Idempotency-Key": f"bulkhead-{number}"}
+        return requests.post(url, json=CHARGE, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(post, range(4)))
+
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [201, 201, 503, 503]
+    refused = [response for response in responses if response.status_code == 503]
+    assert all(
+        r.json()["error"]["code"] == "provider_busy" and r.headers["Retry-After"] == "1" for r in refused
+    )
+    assert Transaction.objects.count() == 2, "a refused charge writes nothing"
+    assert fake_provider.total_charges() == 2
+    assert post(99, together=False).status_code == 201, "slots are given back after each call"

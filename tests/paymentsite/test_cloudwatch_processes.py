@@ -92,6 +92,7 @@ def test_gunicorn_workers_ship_from_their_own_streams_and_flush_at_shutdown(
             GUNICORN_BIND=base_url.removeprefix("http://"),
             GUNICORN_WORKERS="2",
             GUNICORN_THREADS="4",
+            PAYMENT_MAX_CONCURRENT_CALLS="3",
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
