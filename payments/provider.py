@@ -237,6 +237,10 @@ class ProviderClient:
         adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        # Proxies (HTTPS_PROXY, NO_PROXY) are read once here rather than on every
+        # request: requests scans the whole environment per call otherwise.
+        self.session.proxies = requests.utils.get_environ_proxies(client_settings.url)
+        self.session.trust_env = False
         self.session.headers.update(
             {"Authorization": f"Bearer {client_settings.api_key}", "User-Agent": "paymentsite/1.0"}
         )
