@@ -22,6 +22,7 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 .venv/bin/python manage.py migrate --noinput >/dev/null
+.venv/bin/python manage.py collectstatic --noinput >/dev/null
 token=$(.venv/bin/python manage.py create_api_client demo --password demo-password 2>/dev/null)
 
 # tok_timeout holds answers for 15 s: longer than the two 5 s attempts that fit in the
