@@ -48,6 +48,28 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+# gunicorn's own lines (start-up, worker exits, the access log) in the app's format
+# too, so that stdout stays one JSON object per line.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "app": {
+            "()": "paymentsite.logs.JsonFormatter"
+            if app_settings.LOG_FORMAT == "json"
+            else "paymentsite.logs.ConsoleFormatter"
+        }
+    },
+    "handlers": {
+        "stdout": {"class": "logging.StreamHandler", "formatter": "app", "stream": "ext://sys.stdout"}
+    },
+    "root": {"level": "INFO", "handlers": []},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+    },
+}
 
 DB_CONNECTION_BUDGET = int(os.environ.get("DB_CONNECTION_BUDGET", "60"))
 connections_per_worker = app_settings.DB_CONNECTION_LIMIT + app_settings.DB_MAX_OVERFLOW

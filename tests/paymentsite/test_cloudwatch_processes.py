@@ -115,11 +115,12 @@ def test_gunicorn_workers_ship_from_their_own_streams_and_flush_at_shutdown(
             assert (response.status_code, response.headers["X-Request-ID"]) == (404, request_id)
     finally:
         server.send_signal(signal.SIGTERM)
-        _, stderr = server.communicate(timeout=30)
+        stdout, _ = server.communicate(timeout=30)
 
     not_found = _shipped(logs_client, group, '"Not Found"')
     assert sorted(event["request_id"] for event in not_found) == request_ids
-    worker_pids = {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", stderr)}
+    # gunicorn's own lines are JSON on stdout too (gunicorn.conf.py, logconfig_dict).
+    worker_pids = {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", stdout)}
     streams = logs_client.describe_log_streams(logGroupName=group)["logStreams"]
     stream_pids = {int(stream["logStreamName"].rsplit("/", 1)[1]) for stream in streams}
     assert stream_pids and stream_pids <= worker_pids, (stream_pids, worker_pids)
