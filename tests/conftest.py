@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from django.db import connections
+from django.db import connection, connections
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -21,6 +21,15 @@ requires_pooled_mysql = pytest.mark.skipif(
     not django_settings.DATABASE_IS_POOLED,
     reason="needs DATABASE_URL=mysql://… (the pooled backend); CI runs it on MariaDB",
 )
+
+
+def database_url_for_subprocess() -> str:
+    """The test database, as a URL that gunicorn and manage.py subprocesses can open."""
+    db = connection.settings_dict
+    if not django_settings.DATABASE_IS_POOLED:
+        return f"sqlite:///{db['NAME']}"
+    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
+    return f"mysql://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 3306}/{db['NAME']}"
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 import requests
 from django.conf import settings as django_settings
-from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from payments.fake_provider import FakeProvider
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, database_url_for_subprocess
 
 WORKERS = 2
 
@@ -26,15 +25,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def database_url_for_subprocess() -> str:
-    """The test database, as a URL another process can open."""
-    db = connection.settings_dict
-    if not django_settings.DATABASE_IS_POOLED:
-        return f"sqlite:///{db['NAME']}"
-    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
-    return f"mysql://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 3306}/{db['NAME']}"
 
 
 @pytest.fixture

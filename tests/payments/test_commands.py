@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
-from django.db import connection
 from django.utils import timezone
 
 from payments.fake_provider import FakeProvider
 from payments.models import Transaction
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, database_url_for_subprocess
 from tests.payments.factories import charge, failed, make_due, stale_pending
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -200,15 +199,9 @@ def test_summary_table_and_progress_per_row_at_verbosity_2(fake_provider: FakePr
 
 def _command_env(fake_provider: FakeProvider) -> dict[str, str]:
     """The subprocess works on this test's database and provider."""
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        database_url = f"sqlite:///{db['NAME']}"
-    else:
-        password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
-        database_url = f"mysql://{db['USER']}{password}@{db['HOST']}:{db['PORT'] or 3306}/{db['NAME']}"
     return {
         **os.environ,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": database_url_for_subprocess(),
         "PAYMENT_SERVICE_URL": fake_provider.url,
         "PAYMENT_API_KEY": TEST_API_KEY,
         "PAYMENT_TIMEOUT_MS": "3000",
