@@ -53,21 +53,16 @@ def test_bad_value_stops_the_check_naming_variable_and_value(
     assert "secret" not in result.stderr, "a database password must never be echoed"
 
 
-def test_wsgi_start_up_refuses_a_bad_value() -> None:
-    env = {
-        **os.environ,
-        **VALID,
-        "DB_CONNECTION_LIMIT": "0",
-        "DJANGO_SETTINGS_MODULE": "paymentsite.settings",
-    }
+def run_python(code: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **VALID, **overrides}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
-    result = subprocess.run(
-        [sys.executable, "-c", "import paymentsite.wsgi"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+
+def test_wsgi_start_up_refuses_a_bad_value() -> None:
+    result = run_python(
+        "import paymentsite.wsgi", DB_CONNECTION_LIMIT="0", DJANGO_SETTINGS_MODULE="paymentsite.settings"
     )
 
     assert result.returncode != 0
@@ -75,15 +70,10 @@ def test_wsgi_start_up_refuses_a_bad_value() -> None:
 
 
 def test_gunicorn_refuses_fewer_threads_than_the_provider_bulkhead() -> None:
-    env = {**os.environ, **VALID, "GUNICORN_THREADS": "8", "PAYMENT_MAX_CONCURRENT_CALLS": "8"}
-
-    result = subprocess.run(
-        [sys.executable, "-c", "import runpy; runpy.run_path('paymentsite/gunicorn.conf.py')"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_python(
+        "import runpy; runpy.run_path('paymentsite/gunicorn.conf.py')",
+        GUNICORN_THREADS="8",
+        PAYMENT_MAX_CONCURRENT_CALLS="8",
     )
 
     assert result.returncode != 0
