@@ -30,8 +30,11 @@ fork, never inherited from the master.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,24 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+REQUEST_ID_ATOM = "{x-request-id}o"  # the response's X-Request-ID (paymentsite.logs.RequestIdMiddleware)
+
+
+class AccessRequestId(logging.Filter):
+    """The access line's request id as its own `request_id` field, as on the app's lines.
+
+    gunicorn logs the access line with its atoms as the record's args; a missing
+    header is "-" there.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args if isinstance(record.args, Mapping) else {}
+        request_id = atoms.get(REQUEST_ID_ATOM, "-")
+        record.request_id = None if request_id in ("", "-") else request_id
+        return True
+
+
 # gunicorn's own lines (start-up, worker exits, the access log) in the app's format
 # too, so that stdout stays one JSON object per line.
 logconfig_dict = {
@@ -61,13 +81,19 @@ logconfig_dict = {
             else "paymentsite.logs.ConsoleFormatter"
         }
     },
+    "filters": {"access_request_id": {"()": AccessRequestId}},
     "handlers": {
         "stdout": {"class": "logging.StreamHandler", "formatter": "app", "stream": "ext://sys.stdout"}
     },
     "root": {"level": "INFO", "handlers": []},
     "loggers": {
         "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {
+            "handlers": ["stdout"],
+            "filters": ["access_request_id"],
+            "level": "INFO",
+            "propagate": False,
+        },
     },
 }
 
@@ -91,7 +117,31 @@ if threads <= app_settings.PAYMENT_MAX_CONCURRENT_CALLS:
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 
+def _stop_on_invalid_configuration(server: Any) -> None:
+    """Stop the master, before it binds, on a bad value (see paymentsite.checks).
+
+    A worker that stops is only replaced by another that stops the same way, so the
+    master checks first and exits with gunicorn's own "worker failed to boot" status.
+    Django is set up here only on this way out (nothing is forked afterwards), so that
+    `config.invalid` is logged, and shipped to CloudWatch, as a worker would have.
+    """
+    if not app_settings.CONFIG_ERRORS:
+        return
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paymentsite.settings")
+    import django
+
+    from paymentsite.checks import raise_if_misconfigured
+
+    django.setup()
+    try:
+        raise_if_misconfigured()
+    except SystemExit as stop:
+        print(stop, file=sys.stderr, flush=True)
+    sys.exit(server.WORKER_BOOT_ERROR)
+
+
 def on_starting(server: Any) -> None:
+    _stop_on_invalid_configuration(server)
     # Files left by a previous run would be summed into this one's counters.
     if PROMETHEUS_MULTIPROC_DIR:
         directory = Path(PROMETHEUS_MULTIPROC_DIR)

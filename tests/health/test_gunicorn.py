@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -27,6 +28,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def gunicorn_command() -> list[str]:
+    return [str(Path(sys.executable).with_name("gunicorn")), "-c", "paymentsite/gunicorn.conf.py"]
+
+
 @pytest.fixture
 def gunicorn(transactional_db: None, fake_provider: FakeProvider, tmp_path: Path) -> Iterator[str]:
     port = free_port()
@@ -42,10 +47,11 @@ def gunicorn(transactional_db: None, fake_provider: FakeProvider, tmp_path: Path
         "GUNICORN_THREADS": "10",
         "PAYMENT_MAX_CONCURRENT_CALLS": "8",
         "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "json",
     }
     log = (tmp_path / "gunicorn.log").open("wb")
     process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "-c", "paymentsite/gunicorn.conf.py"],
+        gunicorn_command(),
         cwd=django_settings.BASE_DIR,
         env=env,
         stdout=log,
@@ -105,3 +111,55 @@ def test_metrics_under_gunicorn_sum_every_workers_charges(
     health = requests.get(f"{gunicorn}/health/", timeout=5)
     assert health.status_code == 200
     assert health.headers["Content-Type"] == "application/health+json"
+
+
+def test_gunicorn_stops_before_binding_on_a_bad_value(fake_provider: FakeProvider) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PAYMENT_SERVICE_URL": fake_provider.url,
+        "PAYMENT_API_KEY": TEST_API_KEY,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "LOG_FORMAT": "json",
+        "DB_CONNECTION_LIMIT": "abc",
+    }
+
+    # Before, the master bound the port and restarted failing workers until it was killed.
+    result = subprocess.run(
+        gunicorn_command(), cwd=django_settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 3, result  # gunicorn's "worker failed to boot" status
+    assert "DB_CONNECTION_LIMIT='abc' is invalid: expected an integer >= 1" in result.stderr
+    assert "Listening at" not in result.stdout
+    assert "Booting worker" not in result.stdout
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    [invalid] = [event for event in events if event["event"] == "config.invalid"]
+    assert invalid["errors"] == [
+        "DB_CONNECTION_LIMIT='abc' is invalid: expected an integer >= 1 and <= 1000."
+    ]
+    with socket.socket() as probe:  # nothing holds the port
+        probe.bind(("127.0.0.1", port))
+
+
+@pytest.mark.slow
+def test_gunicorn_access_lines_carry_the_request_id_as_a_field(gunicorn: str, tmp_path: Path) -> None:
+    supplied = requests.get(f"{gunicorn}/health/live", headers={"X-Request-ID": "access-1"}, timeout=5)
+    made = requests.get(f"{gunicorn}/no-such-page", timeout=5)
+
+    expected = {
+        "GET /health/live": supplied.headers["X-Request-ID"],
+        "GET /no-such-page": made.headers["X-Request-ID"],
+    }
+    assert expected["GET /health/live"] == "access-1"
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + 10  # gunicorn writes the line after the response
+    while len(found) < len(expected):
+        assert time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
+        for line in (tmp_path / "gunicorn.log").read_text().splitlines():
+            entry = json.loads(line) if line.startswith("{") else {"logger": ""}
+            for request in expected:
+                if entry["logger"] == "gunicorn.access" and request in entry["message"]:
+                    found[request] = entry["request_id"]
+        time.sleep(0.1)
+    assert found == expected
