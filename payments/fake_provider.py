@@ -1,9 +1,39 @@
 """A fake payment provider: a real HTTP server on loopback that speaks the provider contract.
 
-Behaviour is chosen by the charge's `source` token, like a card network's test cards (see the
-"Provider contract" section of DESIGN.md). Stdlib only, so it runs without Django:
-
     python -m payments.fake_provider --port 8099
+
+Stdlib only, so it runs without Django or the project's dependencies. It is hand-written rather
+than built on a mock-server library because it must act on the wire: hold an answer past a read
+timeout, or close the TCP connection after acting on a request without answering it.
+
+The contract: `POST /v1/charges` (Bearer key, `Idempotency-Key`, JSON `{amount, currency,
+source, reference, description}`) answers 200 with the charge, 402 with a decline, 400/401 for a
+bad request or key, 409 while the same key is still being processed, 429 or 5xx; the same key
+with the same body answers the first final result and never charges again.
+`GET /v1/charges/{key}` answers the charge made with that key, or 404 if none is made *yet*.
+
+Behaviour is chosen by the charge's `source` token, like a card network's test cards:
+`tok_visa` succeeds; `tok_chargeDeclined`, `tok_insufficientFunds` decline; `tok_timeout`
+charges at once but holds every answer for that key for `--timeout-window-s`; `tok_flaky`
+answers 503 twice per key; `tok_rateLimited` answers 429 once; `tok_error` always 500.
+
+Faults are queued from Python (`inject`, `inject_many`, `clear_faults`) or over HTTP, and each
+applies once, first in first out, to the next request that matches it: `"on"` is "charge"
+(default) or "lookup", and `"key"`, if given, limits it to that idempotency key.
+
+    {"kind": "hold", "ms": 500}          act normally, then wait before answering
+    {"kind": "slow", "ms": 500}          key in progress while waiting, then charge and answer
+    {"kind": "drop_after"}               act normally, then close the connection unanswered
+    {"kind": "drop_before"}              close the connection unanswered, acting on nothing
+    {"kind": "status", "status": 503, "retry_after": 1}   that error status, acting on nothing
+    {"kind": "garbage", "variant": "long_id"}   act normally, then answer 200 with an unusable
+        body: not_json, long_id (300 characters), bad_id, bad_status, missing_id,
+        deep_json (50 000 nested lists), not_object (a JSON list)
+
+Lookups take `status`, `drop_before`, `hold` and `garbage`. Control endpoints (no key needed):
+`GET /_fake/charges` (charges per key), `GET /_fake/ledger` (each charge made, per key),
+`GET|POST|DELETE /_fake/faults` (pending and applied faults; queue `{"faults": [...]}`; clear),
+`POST /_fake/faults/clear`, and `POST /_fake/reset`, which forgets charges and faults.
 """
 
 from __future__ import annotations
@@ -18,8 +48,9 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any, Self
@@ -29,6 +60,9 @@ CHARGES_PATH = "/v1/charges"
 HEALTH_PATH = "/health"
 FAKE_CHARGES_PATH = "/_fake/charges"
 FAKE_RESET_PATH = "/_fake/reset"
+FAKE_LEDGER_PATH = "/_fake/ledger"
+FAKE_FAULTS_PATH = "/_fake/faults"
+FAKE_FAULTS_CLEAR_PATH = "/_fake/faults/clear"
 
 MAX_BODY_BYTES = 1_000_000
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -43,14 +77,103 @@ DECLINES: dict[str, tuple[str, str]] = {
     "tok_insufficientFunds": ("insufficient_funds", "Your card has insufficient funds."),
 }
 
+FAULT_KINDS_BY_TARGET: dict[str, frozenset[str]] = {
+    "charge": frozenset({"hold", "slow", "drop_after", "drop_before", "status", "garbage"}),
+    "lookup": frozenset({"hold", "drop_before", "status", "garbage"}),
+}
+# kind: (required parameters, optional parameters)
+FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "hold": (frozenset({"ms"}), frozenset()),
+    "slow": (frozenset({"ms"}), frozenset()),
+    "drop_after": (frozenset(), frozenset()),
+    "drop_before": (frozenset(), frozenset()),
+    "status": (frozenset({"status"}), frozenset({"retry_after"})),
+    "garbage": (frozenset({"variant"}), frozenset()),
+}
+FAULT_PARAMETER_NAMES = ("ms", "status", "retry_after", "variant")
+FAULT_FIELDS = frozenset({"kind", "on", "key", *FAULT_PARAMETER_NAMES})
+GARBAGE_VARIANTS = frozenset(
+    {"not_json", "long_id", "bad_id", "bad_status", "missing_id", "deep_json", "not_object"}
+)
+LONG_ID_LENGTH = 300
+DEEP_JSON_DEPTH = 50_000
+
 JsonObject = dict[str, Any]
+# (kind, on, idempotency key of the request it applied to)
+AppliedFault = tuple[str, str, str | None]
+
+# Error bodies by status: (type, code, message). Injected statuses use these too.
+STATUS_ERRORS: dict[int, tuple[str, str, str]] = {
+    400: ("invalid_request_error", "invalid_request", "The request was invalid."),
+    404: ("invalid_request_error", "resource_missing", "No charge was made with this idempotency key."),
+    409: (
+        "idempotency_error",
+        "request_in_progress",
+        "A request with this idempotency key is still being processed.",
+    ),
+    429: ("rate_limit_error", "rate_limited", "Too many requests."),
+    500: ("api_error", "internal_error", "An internal error occurred."),
+    502: ("api_error", "bad_gateway", "The upstream gateway failed."),
+    503: ("api_error", "service_unavailable", "The service is temporarily unavailable."),
+    504: ("api_error", "gateway_timeout", "The upstream gateway timed out."),
+}
 
 
 @dataclass(frozen=True)
 class _Response:
     status: int
-    body: JsonObject
+    # bytes go out as they are: garbage answers are not always JSON, or not encodable by json.
+    body: JsonObject | list[Any] | bytes
     headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault; see the module docstring for the kinds and their parameters."""
+
+    kind: str
+    on: str = "charge"
+    key: str | None = None
+    ms: int | None = None
+    status: int | None = None
+    retry_after: int | None = None
+    variant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS_BY_TARGET.get(self.on, ()):
+            raise _InvalidRequestError(f"No fault {self.kind!r} on {self.on!r}; see the docstring.")
+        required, optional = FAULT_PARAMETERS[self.kind]
+        given = {name for name in FAULT_PARAMETER_NAMES if getattr(self, name) is not None}
+        if required - given:
+            raise _InvalidRequestError(f"Fault {self.kind!r} needs {sorted(required - given)}.")
+        if given - required - optional:
+            raise _InvalidRequestError(f"Fault {self.kind!r} takes no {sorted(given - required)}.")
+        for name in given - {"variant"}:
+            if type(getattr(self, name)) is not int or getattr(self, name) < 0:
+                raise _InvalidRequestError(f"Fault {name!r} must be a non-negative integer.")
+        if self.status is not None and not 400 <= self.status <= 599:
+            raise _InvalidRequestError("Fault 'status' must be an error status, 400 to 599.")
+        if self.variant is not None and self.variant not in GARBAGE_VARIANTS:
+            raise _InvalidRequestError(f"Unknown garbage variant {self.variant!r}.")
+        if self.key is not None and not (isinstance(self.key, str) and self.key):
+            raise _InvalidRequestError("Fault 'key' must be a non-empty string.")
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> Fault:
+        if not isinstance(fields, Mapping):
+            raise _InvalidRequestError("A fault must be a JSON object.")
+        unknown = sorted(set(fields) - FAULT_FIELDS)
+        if unknown:
+            raise _InvalidRequestError(f"Unknown fault field(s): {', '.join(unknown)}.")
+        if "kind" not in fields:
+            raise _InvalidRequestError("A fault needs a 'kind'.")
+        return cls(**fields)
+
+    def to_dict(self) -> JsonObject:
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+    def matches(self, on: str, key: str | None) -> bool:
+        return self.on == on and (self.key is None or self.key == key)
 
 
 @dataclass(frozen=True)
@@ -77,12 +200,44 @@ class _KeyState:
         return self.result is not None and self.result.status == 200
 
 
-class _InvalidRequestError(Exception):
+class _InvalidRequestError(ValueError):
     pass
 
 
 def _error(status: int, error_type: str, message: str, **fields: str) -> _Response:
     return _Response(status, {"error": {"type": error_type, **fields, "message": message}})
+
+
+def _status_error(status: int, retry_after: int | None = None) -> _Response:
+    """The contract-shaped error answer for a status, with Retry-After if one is given."""
+    if status == 401:
+        return _unauthorized()
+    fallback = ("invalid_request_error", "invalid_request", "The request was invalid.")
+    if status >= 500:
+        fallback = ("api_error", "internal_error", "An internal error occurred.")
+    error_type, code, message = STATUS_ERRORS.get(status, fallback)
+    response = _error(status, error_type, message, code=code)
+    if retry_after is None:
+        return response
+    return _Response(status, response.body, (("Retry-After", str(retry_after)),))
+
+
+def _garbage(variant: str, charge: JsonObject) -> _Response:
+    """A 200 answer whose body a client cannot use, built from the charge it stands for."""
+    if variant == "not_json":
+        return _Response(200, b"<html>oops")
+    if variant == "deep_json":
+        return _Response(200, b"[" * DEEP_JSON_DEPTH + b"]" * DEEP_JSON_DEPTH)
+    if variant == "not_object":
+        return _Response(200, [charge])
+    if variant == "missing_id":
+        return _Response(200, {name: value for name, value in charge.items() if name != "id"})
+    changed = {
+        "long_id": {"id": str(charge.get("id") or "ch_").ljust(LONG_ID_LENGTH, "x")},
+        "bad_id": {"id": "ch_ bad\u00e9"},
+        "bad_status": {"status": "weird"},
+    }[variant]
+    return _Response(200, {**charge, **changed})
 
 
 def _unauthorized() -> _Response:
@@ -94,14 +249,18 @@ def _invalid_request(message: str, status: int = 400, **fields: str) -> _Respons
     return _error(status, "invalid_request_error", message, **fields)
 
 
-def _parse_charge_request(raw_body: bytes) -> _ChargeRequest:
+def _parse_json_object(raw_body: bytes) -> JsonObject:
     try:
         body = json.loads(raw_body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _InvalidRequestError("Request body must be a JSON object.") from None
     if not isinstance(body, dict):
         raise _InvalidRequestError("Request body must be a JSON object.")
+    return body
 
+
+def _parse_charge_request(raw_body: bytes) -> _ChargeRequest:
+    body = _parse_json_object(raw_body)
     # Unknown fields are rejected so that a client drifting from the contract fails loudly here.
     unknown = sorted(set(body) - CHARGE_FIELDS)
     if unknown:
@@ -136,14 +295,11 @@ def _decide(request: _ChargeRequest, attempt: int) -> tuple[_Response, JsonObjec
     """The answer to one processing attempt, and the charge record if a charge was made."""
     source = request.source
     if source == "tok_error":
-        return _error(500, "api_error", "An internal error occurred.", code="internal_error"), None
+        return _status_error(500), None
     if source == "tok_flaky" and attempt <= FLAKY_FAILURES_PER_KEY:
-        message = "The service is temporarily unavailable."
-        return _error(503, "api_error", message, code="service_unavailable"), None
+        return _status_error(503), None
     if source == "tok_rateLimited" and attempt <= RATE_LIMITED_FAILURES_PER_KEY:
-        response = _error(429, "rate_limit_error", "Too many requests.", code="rate_limited")
-        retry_after = (("Retry-After", str(RATE_LIMIT_RETRY_AFTER_S)),)
-        return _Response(response.status, response.body, retry_after), None
+        return _status_error(429, RATE_LIMIT_RETRY_AFTER_S), None
 
     charge: JsonObject = {
         "id": f"ch_{secrets.token_hex(12)}",
@@ -187,6 +343,8 @@ class FakeProvider:
         self._lock = threading.Lock()
         self._keys: dict[str, _KeyState] = {}
         self._requests_by_key: dict[str, int] = {}
+        self._faults: deque[Fault] = deque()
+        self._faults_applied: list[AppliedFault] = []
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -256,19 +414,106 @@ class FakeProvider:
         with self._lock:
             return self._requests_by_key.get(idempotency_key, 0)
 
+    def ledger(self) -> dict[str, JsonObject]:
+        """Each charge made, by idempotency key (declines and failures are not charges)."""
+        with self._lock:
+            return {key: dict(state.charge) for key, state in self._keys.items() if state.charged}
+
+    def inject(self, fault: Fault | Mapping[str, Any]) -> None:
+        self.inject_many([fault])
+
+    def inject_many(self, faults: Iterable[Fault | Mapping[str, Any]]) -> None:
+        """Queue faults in order; all or none (a ValueError names the first invalid one)."""
+        parsed = [fault if isinstance(fault, Fault) else Fault.from_dict(fault) for fault in faults]
+        with self._lock:
+            self._faults.extend(parsed)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults)
+
+    def faults_applied(self) -> list[AppliedFault]:
+        with self._lock:
+            return list(self._faults_applied)
+
     def reset(self) -> None:
+        """Forget charges, request counts and faults, pending and applied."""
         with self._lock:
             self._keys.clear()
             self._requests_by_key.clear()
+            self._faults.clear()
+            self._faults_applied.clear()
+
+    def _take_fault(self, on: str, key: str | None) -> Fault | None:
+        if not self._faults:  # the hot path: no lock while nothing is queued
+            return None
+        with self._lock:
+            fault = next((fault for fault in self._faults if fault.matches(on, key)), None)
+            if fault is not None:
+                self._faults.remove(fault)
+                self._faults_applied.append((fault.kind, on, key))
+            return fault
+
+    def _wait_ms(self, ms: float) -> None:
+        # stop() wakes every wait, so a held request never outlives the server.
+        if ms > 0:
+            self._stopping.wait(ms / 1000)
+
+    def _stored_charge(self, key: str) -> JsonObject | None:
+        with self._lock:
+            state = self._keys.get(key)
+            return state.charge if state is not None else None
+
+    def _serve_charge(self, authorization: str | None, key: str | None, raw_body: bytes) -> _Response | None:
+        """The answer to a charge request, or None to close the connection without one."""
+        if key:
+            with self._lock:
+                self._requests_by_key[key] = self._requests_by_key.get(key, 0) + 1
+        fault = self._take_fault("charge", key)
+        if fault is None:
+            return self._charge(authorization, key, raw_body)
+        if fault.kind == "drop_before":
+            return None
+        if fault.kind == "status":
+            return _status_error(fault.status or 500, fault.retry_after)
+        slow_ms = (fault.ms or 0) if fault.kind == "slow" else 0
+        response = self._charge(authorization, key, raw_body, slow_ms=slow_ms)
+        return self._apply_after(fault, response, self._stored_charge(key) if key else None)
+
+    def _serve_lookup(self, authorization: str | None, raw_key: str) -> _Response | None:
+        """The answer to a lookup, or None to close the connection without one."""
+        key = unquote(raw_key)
+        fault = self._take_fault("lookup", key)
+        if fault is None:
+            return self._lookup(authorization, key)
+        if fault.kind == "drop_before":
+            return None
+        if fault.kind == "status":
+            return _status_error(fault.status or 500, fault.retry_after)
+        response = self._lookup(authorization, key)
+        return self._apply_after(fault, response, response.body if response.status == 200 else None)
+
+    def _apply_after(self, fault: Fault, response: _Response, charge: JsonObject | None) -> _Response | None:
+        """A fault that acts on the answer once the request has been acted on."""
+        if fault.kind == "drop_after":
+            return None
+        if fault.kind == "hold":
+            self._wait_ms(fault.ms or 0)
+        if fault.kind == "garbage":
+            base = charge if charge is not None else response.body
+            return _garbage(fault.variant or "not_json", base if isinstance(base, dict) else {})
+        return response
 
     def _authorized(self, authorization: str | None) -> bool:
         expected = f"Bearer {self.api_key}".encode()
         return secrets.compare_digest((authorization or "").encode(), expected)
 
-    def _simulate_latency(self) -> None:
-        delay_ms = self.latency_ms + random.uniform(0, self.jitter_ms)
-        if delay_ms > 0:
-            self._stopping.wait(delay_ms / 1000)
+    def _simulate_latency(self, extra_ms: int = 0) -> None:
+        self._wait_ms(self.latency_ms + random.uniform(0, self.jitter_ms) + extra_ms)
 
     def _hold_if_timing_out(self, state: _KeyState, arrived_at: float) -> None:
         # The charge is already made; holding the answer is what makes the outcome unknown to a
@@ -279,11 +524,10 @@ class FakeProvider:
         if arrived_at < window_ends_at:
             self._stopping.wait(max(0.0, window_ends_at - time.monotonic()))
 
-    def _charge(self, authorization: str | None, key: str | None, raw_body: bytes) -> _Response:
+    def _charge(
+        self, authorization: str | None, key: str | None, raw_body: bytes, *, slow_ms: int = 0
+    ) -> _Response:
         arrived_at = time.monotonic()
-        if key:
-            with self._lock:
-                self._requests_by_key[key] = self._requests_by_key.get(key, 0) + 1
         if not self._authorized(authorization):
             return _unauthorized()
         if not key:
@@ -303,18 +547,17 @@ class FakeProvider:
             replay = state.result
             if replay is None:
                 if state.in_progress:
-                    message = "A request with this idempotency key is still being processed."
-                    return _error(409, "idempotency_error", message, code="request_in_progress")
+                    return _status_error(409)
                 state.in_progress = True
                 state.attempts += 1
 
         if replay is not None:
-            self._simulate_latency()
+            self._simulate_latency(slow_ms)
             self._hold_if_timing_out(state, arrived_at)
             return _Response(replay.status, replay.body, (("Idempotent-Replayed", "true"),))
 
         # This request owns the key until in_progress is cleared, so state.attempts is stable.
-        self._simulate_latency()
+        self._simulate_latency(slow_ms)
         response, charge = _decide(request, state.attempts)
         with self._lock:
             # Storing and releasing together: a retry must see either "in progress" or the result.
@@ -325,22 +568,38 @@ class FakeProvider:
         self._hold_if_timing_out(state, arrived_at)
         return response
 
-    def _lookup(self, authorization: str | None, raw_key: str) -> _Response:
+    def _lookup(self, authorization: str | None, key: str) -> _Response:
         if not self._authorized(authorization):
             return _unauthorized()
-        key = unquote(raw_key)
-        with self._lock:
-            state = self._keys.get(key)
-            charge = state.charge if state is not None else None
+        charge = self._stored_charge(key)
         if charge is None:
-            message = "No charge was made with this idempotency key."
-            return _invalid_request(message, status=404, code="resource_missing")
+            return _status_error(404)
         return _Response(200, charge)
 
-    def _ledger(self) -> _Response:
+    def _charge_counts(self) -> _Response:
         with self._lock:
             by_key = {key: int(state.charged) for key, state in self._keys.items()}
         return _Response(200, {"total": sum(by_key.values()), "by_key": by_key})
+
+    def _ledger_answer(self) -> _Response:
+        by_key = self.ledger()
+        return _Response(200, {"total": len(by_key), "by_key": by_key})
+
+    def _faults_answer(self, method: str, raw_body: bytes) -> _Response:
+        if method == "POST":
+            try:
+                faults = _parse_json_object(raw_body).get("faults")
+                if not isinstance(faults, list):
+                    raise _InvalidRequestError('Body must be {"faults": [...]}.')
+                self.inject_many(faults)
+            except (_InvalidRequestError, TypeError) as exc:
+                return _invalid_request(str(exc))
+        elif method == "DELETE":
+            self.clear_faults()
+        with self._lock:
+            pending = [fault.to_dict() for fault in self._faults]
+            applied = [list(entry) for entry in self._faults_applied]
+        return _Response(200, {"pending": pending, "applied": applied})
 
 
 class _Server(ThreadingHTTPServer):
@@ -382,15 +641,17 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def _allowed_method(path: str) -> str | None:
-    """The one method a known path answers, or None for an unknown path."""
-    if path in (HEALTH_PATH, FAKE_CHARGES_PATH):
-        return "GET"
-    if path in (CHARGES_PATH, FAKE_RESET_PATH):
-        return "POST"
+def _allowed_methods(path: str) -> tuple[str, ...]:
+    """The methods a known path answers; none for an unknown path."""
+    if path in (HEALTH_PATH, FAKE_CHARGES_PATH, FAKE_LEDGER_PATH):
+        return ("GET",)
+    if path in (CHARGES_PATH, FAKE_RESET_PATH, FAKE_FAULTS_CLEAR_PATH):
+        return ("POST",)
+    if path == FAKE_FAULTS_PATH:
+        return ("GET", "POST", "DELETE")
     if path.startswith(f"{CHARGES_PATH}/") and len(path) > len(CHARGES_PATH) + 1:
-        return "GET"
-    return None
+        return ("GET",)
+    return ()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -426,28 +687,41 @@ class _Handler(BaseHTTPRequestHandler):
         if raw_body is None:
             return
         path = urlsplit(self.path).path
-        allowed = _allowed_method(path)
-        if allowed is None:
+        allowed = _allowed_methods(path)
+        if not allowed:
             self._send(_invalid_request("Unknown path.", status=404, code="resource_missing"))
-        elif self.command != allowed:
+        elif self.command not in allowed:
             response = _invalid_request("Method not allowed.", status=405)
-            self._send(_Response(405, response.body, (("Allow", allowed),)))
+            self._send(_Response(405, response.body, (("Allow", ", ".join(allowed)),)))
         else:
-            self._send(self._route(path, raw_body))
+            response = self._route(path, raw_body)
+            if response is None:
+                # An injected drop: no answer at all; the server closes the socket after this.
+                self.close_connection = True
+            else:
+                self._send(response)
 
-    def _route(self, path: str, raw_body: bytes) -> _Response:
+    def _route(self, path: str, raw_body: bytes) -> _Response | None:
         provider = self.server.provider
         authorization = self.headers.get("Authorization")
         if path == HEALTH_PATH:
             return _Response(200, {"status": "ok"})
         if path == FAKE_CHARGES_PATH:
-            return provider._ledger()
+            return provider._charge_counts()
+        if path == FAKE_LEDGER_PATH:
+            return provider._ledger_answer()
+        if path == FAKE_FAULTS_CLEAR_PATH:
+            provider.clear_faults()
+            return provider._faults_answer("GET", b"")
+        if path == FAKE_FAULTS_PATH:
+            return provider._faults_answer(self.command, raw_body)
         if path == FAKE_RESET_PATH:
             provider.reset()
             return _Response(200, {"status": "reset"})
         if path == CHARGES_PATH:
-            return provider._charge(authorization, self.headers.get("Idempotency-Key"), raw_body)
-        return provider._lookup(authorization, path.removeprefix(f"{CHARGES_PATH}/"))
+            key = self.headers.get("Idempotency-Key")
+            return provider._serve_charge(authorization, key, raw_body)
+        return provider._serve_lookup(authorization, path.removeprefix(f"{CHARGES_PATH}/"))
 
     def _read_body(self) -> bytes | None:
         """The whole request body, or None after answering a body that cannot be read."""
@@ -467,7 +741,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _send(self, response: _Response, *, close: bool = False) -> None:
-        payload = json.dumps(response.body, separators=(",", ":")).encode()
+        body = response.body
+        payload = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
