@@ -414,6 +414,12 @@ class FakeProvider:
         with self._lock:
             return self._requests_by_key.get(idempotency_key, 0)
 
+    def in_progress(self, idempotency_key: str) -> bool:
+        """Whether a request with this key is being processed (a `slow` fault's wait, say)."""
+        with self._lock:
+            state = self._keys.get(idempotency_key)
+            return state is not None and state.in_progress
+
     def ledger(self) -> dict[str, JsonObject]:
         """Each charge made, by idempotency key (declines and failures are not charges)."""
         with self._lock:

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import requests
 
-from payments.fake_provider import FakeProvider
+from payments.fake_provider import FakeProvider, Fault
 
 API_KEY = "sk_test_fake"
 TIMEOUT_WINDOW_S = 0.5
@@ -422,3 +424,323 @@ def _post_ignoring_errors(url: str) -> None:
     with contextlib.suppress(requests.exceptions.RequestException):
         body = charge_body("tok_timeout")
         requests.post(url, json=body, headers=charge_headers("key-1"), timeout=5)
+
+
+def control_url(provider: FakeProvider, path: str) -> str:
+    return provider.url.replace("/v1/charges", path)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def post_in_background(
+    provider: FakeProvider, key: str, body: dict[str, Any]
+) -> tuple[threading.Thread, list[requests.Response]]:
+    answers: list[requests.Response] = []
+
+    def post() -> None:
+        answers.append(requests.post(provider.url, json=body, headers=charge_headers(key), timeout=10))
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread, answers
+
+
+def test_hold_charges_at_once_and_answers_only_after_the_client_gave_up(
+    provider: FakeProvider, session: requests.Session
+) -> None:
+    provider.inject({"kind": "hold", "ms": 5000})
+
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        post_charge(session, provider, "key-1", charge_body(), timeout_s=0.3)
+
+    charge = provider.ledger()["key-1"]
+    assert not provider.in_progress("key-1")
+    assert lookup_charge(session, provider, "key-1").json() == charge
+    replay = post_charge(session, provider, "key-1", charge_body())
+    assert (replay.status_code, replay.json()) == (200, charge)
+    assert provider.total_charges() == 1
+    assert provider.faults_applied() == [("hold", "charge", "key-1")]
+
+
+def test_slow_keeps_the_key_in_progress_then_charges_once(
+    provider: FakeProvider, session: requests.Session
+) -> None:
+    provider.inject({"kind": "slow", "ms": 1500})
+    thread, answers = post_in_background(provider, "key-1", charge_body())
+    wait_until(lambda: provider.in_progress("key-1"))
+
+    concurrent = post_charge(session, provider, "key-1", charge_body())
+    lookup = lookup_charge(session, provider, "key-1")
+    assert provider.ledger() == {}
+    thread.join(timeout=10)
+
+    assert concurrent.status_code == 409
+    assert concurrent.json()["error"]["code"] == "request_in_progress"
+    assert lookup.status_code == 404
+    assert answers[0].status_code == 200
+    assert provider.ledger() == {"key-1": answers[0].json()}
+    assert provider.request_count("key-1") == 2
+
+
+@pytest.mark.parametrize(("source", "charged"), [("tok_visa", True), ("tok_chargeDeclined", False)])
+def test_drop_after_acts_on_the_charge_and_closes_the_connection_unanswered(
+    provider: FakeProvider, session: requests.Session, source: str, charged: bool
+) -> None:
+    provider.inject({"kind": "drop_after"})
+
+    with pytest.raises(requests.exceptions.ConnectionError):
+        post_charge(session, provider, "key-1", charge_body(source))
+
+    assert ("key-1" in provider.ledger()) is charged
+    lookup = lookup_charge(session, provider, "key-1")
+    assert lookup.json()["status"] == ("succeeded" if charged else "declined")
+    replay = post_charge(session, provider, "key-1", charge_body(source))
+    assert replay.status_code == (200 if charged else 402)
+    assert provider.total_charges() == int(charged)
+
+
+def test_drop_after_is_seen_as_remote_disconnected_by_a_raw_client(provider: FakeProvider) -> None:
+    provider.inject({"kind": "drop_after"})
+    connection = http.client.HTTPConnection(provider.host, provider.port, timeout=2)
+    headers = {**charge_headers("key-1"), "Content-Type": "application/json"}
+
+    connection.request("POST", "/v1/charges", body=json.dumps(charge_body()), headers=headers)
+    with pytest.raises(http.client.RemoteDisconnected):
+        connection.getresponse()
+    connection.close()
+
+    assert list(provider.ledger()) == ["key-1"]
+
+
+def test_drop_before_closes_the_connection_without_charging(
+    provider: FakeProvider, session: requests.Session
+) -> None:
+    provider.inject({"kind": "drop_before"})
+
+    with pytest.raises(requests.exceptions.ConnectionError):
+        post_charge(session, provider, "key-1", charge_body())
+    lookup = lookup_charge(session, provider, "key-1")
+    retried = post_charge(session, provider, "key-1", charge_body())
+
+    assert lookup.status_code == 404
+    assert retried.status_code == 200
+    assert provider.ledger() == {"key-1": retried.json()}
+    assert provider.request_count("key-1") == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "code"),
+    [
+        (400, "invalid_request_error", "invalid_request"),
+        (401, "authentication_error", None),
+        (409, "idempotency_error", "request_in_progress"),
+        (429, "rate_limit_error", "rate_limited"),
+        (500, "api_error", "internal_error"),
+        (502, "api_error", "bad_gateway"),
+        (503, "api_error", "service_unavailable"),
+    ],
+)
+def test_status_answers_that_error_without_charging_and_the_next_request_charges_once(
+    provider: FakeProvider, session: requests.Session, status: int, error_type: str, code: str | None
+) -> None:
+    provider.inject({"kind": "status", "status": status})
+
+    faulted = post_charge(session, provider, "key-1", charge_body())
+    assert provider.ledger() == {}
+    retried = post_charge(session, provider, "key-1", charge_body())
+
+    assert faulted.status_code == status
+    assert faulted.json()["error"]["type"] == error_type
+    assert faulted.json()["error"].get("code") == code
+    assert retried.status_code == 200
+    assert provider.ledger() == {"key-1": retried.json()}
+
+
+def test_status_429_sends_retry_after_when_given(provider: FakeProvider, session: requests.Session) -> None:
+    provider.inject_many(
+        [{"kind": "status", "status": 429, "retry_after": 7}, {"kind": "status", "status": 429}]
+    )
+
+    with_hint = post_charge(session, provider, "key-1", charge_body())
+    without_hint = post_charge(session, provider, "key-1", charge_body())
+
+    assert (with_hint.status_code, with_hint.headers["Retry-After"]) == (429, "7")
+    assert (without_hint.status_code, "Retry-After" in without_hint.headers) == (429, False)
+
+
+GARBAGE_CHECKS: dict[str, Callable[[requests.Response, dict[str, Any]], bool]] = {
+    "not_json": lambda answer, charge: answer.text == "<html>oops",
+    "long_id": lambda answer, charge: (
+        len(answer.json()["id"]) == 300 and answer.json()["id"].startswith(charge["id"])
+    ),
+    "bad_id": lambda answer, charge: answer.json() == {**charge, "id": "ch_ bad\u00e9"},
+    "bad_status": lambda answer, charge: answer.json() == {**charge, "status": "weird"},
+    "missing_id": lambda answer, charge: answer.json() == {k: v for k, v in charge.items() if k != "id"},
+    "not_object": lambda answer, charge: answer.json() == [charge],
+    "deep_json": lambda answer, charge: answer.content == b"[" * 50_000 + b"]" * 50_000,
+}
+
+
+@pytest.mark.parametrize("variant", sorted(GARBAGE_CHECKS))
+def test_garbage_makes_the_charge_and_answers_200_with_an_unusable_body(
+    provider: FakeProvider, session: requests.Session, variant: str
+) -> None:
+    provider.inject({"kind": "garbage", "variant": variant})
+
+    answer = post_charge(session, provider, "key-1", charge_body())
+
+    charge = provider.ledger()["key-1"]
+    assert answer.status_code == 200
+    assert GARBAGE_CHECKS[variant](answer, charge)
+    assert post_charge(session, provider, "key-1", charge_body()).json() == charge
+    assert provider.total_charges() == 1
+
+
+def test_deep_json_garbage_cannot_be_parsed(provider: FakeProvider, session: requests.Session) -> None:
+    provider.inject({"kind": "garbage", "variant": "deep_json"})
+
+    answer = post_charge(session, provider, "key-1", charge_body())
+
+    with pytest.raises(RecursionError):
+        json.loads(answer.content)
+
+
+def test_lookup_faults_change_the_answer_but_not_the_charge(
+    provider: FakeProvider, session: requests.Session
+) -> None:
+    charge = post_charge(session, provider, "key-1", charge_body()).json()
+    provider.inject_many(
+        [
+            {"kind": "status", "status": 503, "on": "lookup"},
+            {"kind": "drop_before", "on": "lookup"},
+            {"kind": "hold", "ms": 5000, "on": "lookup"},
+            {"kind": "garbage", "variant": "long_id", "on": "lookup"},
+        ]
+    )
+
+    unavailable = lookup_charge(session, provider, "key-1")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        lookup_charge(session, provider, "key-1")
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        lookup_charge(session, provider, "key-1")
+    garbage = lookup_charge(session, provider, "key-1")
+    healthy = lookup_charge(session, provider, "key-1")
+
+    assert unavailable.status_code == 503
+    assert (garbage.status_code, len(garbage.json()["id"])) == (200, 300)
+    assert healthy.json() == charge
+    assert provider.ledger() == {"key-1": charge}
+    assert [kind for kind, on, key in provider.faults_applied()] == [
+        "status",
+        "drop_before",
+        "hold",
+        "garbage",
+    ]
+
+
+def test_faults_apply_once_in_order_to_the_requests_they_match(
+    provider: FakeProvider, session: requests.Session
+) -> None:
+    provider.inject_many(
+        [
+            Fault(kind="status", status=500, key="key-2"),
+            {"kind": "status", "status": 502},
+            {"kind": "status", "status": 503},
+        ]
+    )
+
+    lookup = lookup_charge(session, provider, "key-1")
+    statuses = [
+        post_charge(session, provider, key, charge_body()).status_code
+        for key in ("key-1", "key-1", "key-2", "key-2")
+    ]
+
+    assert lookup.status_code == 404
+    assert statuses == [502, 503, 500, 200]
+    assert provider.faults_applied() == [
+        ("status", "charge", "key-1"),
+        ("status", "charge", "key-1"),
+        ("status", "charge", "key-2"),
+    ]
+    assert provider.pending_faults() == []
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "explode"},
+        {"kind": "hold"},
+        {"kind": "hold", "ms": -1},
+        {"kind": "slow", "ms": 10, "on": "lookup"},
+        {"kind": "status", "status": 200},
+        {"kind": "garbage", "variant": "nonsense"},
+        {"kind": "drop_after", "ms": 10},
+        {"kind": "drop_before", "key": ""},
+        {"kind": "drop_before", "when": "now"},
+    ],
+)
+def test_invalid_faults_are_refused_and_none_of_the_batch_is_queued(
+    provider: FakeProvider, session: requests.Session, fault: dict[str, Any]
+) -> None:
+    batch = [{"kind": "drop_before"}, fault]
+
+    with pytest.raises(ValueError):
+        provider.inject_many(batch)
+    over_http = session.post(control_url(provider, "/_fake/faults"), json={"faults": batch}, timeout=2)
+
+    assert over_http.status_code == 400
+    assert over_http.json()["error"]["type"] == "invalid_request_error"
+    assert provider.pending_faults() == []
+
+
+def test_faults_endpoint_queues_reports_and_clears(provider: FakeProvider, session: requests.Session) -> None:
+    faults_url = control_url(provider, "/_fake/faults")
+    queued = session.post(faults_url, json={"faults": [{"kind": "status", "status": 503}]}, timeout=2)
+    faulted = post_charge(session, provider, "key-1", charge_body())
+    session.post(faults_url, json={"faults": [{"kind": "drop_before", "key": "k"}] * 3}, timeout=2)
+    before_clear = session.get(faults_url, timeout=2).json()
+
+    cleared_by_delete = session.delete(faults_url, timeout=2).json()
+    session.post(faults_url, json={"faults": [{"kind": "drop_before"}]}, timeout=2)
+    cleared_by_post = session.post(control_url(provider, "/_fake/faults/clear"), timeout=2).json()
+
+    assert queued.json() == {
+        "pending": [{"kind": "status", "on": "charge", "status": 503}],
+        "applied": [],
+    }
+    assert faulted.status_code == 503
+    assert before_clear["pending"] == [{"kind": "drop_before", "on": "charge", "key": "k"}] * 3
+    assert before_clear["applied"] == [["status", "charge", "key-1"]]
+    assert cleared_by_delete["pending"] == cleared_by_post["pending"] == []
+    assert post_charge(session, provider, "key-1", charge_body()).status_code == 200
+
+
+def test_reset_forgets_pending_and_applied_faults(provider: FakeProvider, session: requests.Session) -> None:
+    provider.inject_many([{"kind": "status", "status": 503}] * 2)
+    post_charge(session, provider, "key-1", charge_body())
+
+    session.post(control_url(provider, "/_fake/reset"), timeout=2)
+
+    assert provider.pending_faults() == []
+    assert provider.faults_applied() == []
+    assert post_charge(session, provider, "key-1", charge_body()).status_code == 200
+
+
+def test_ledger_lists_each_charge_made_with_its_id_amount_currency_and_reference(
+    provider: FakeProvider, session: requests.Session
+) -> None:
+    paid = post_charge(session, provider, "paid", charge_body(amount=700, reference="tx-7")).json()
+    post_charge(session, provider, "paid", charge_body(amount=700, reference="tx-7"))
+    post_charge(session, provider, "declined", charge_body("tok_chargeDeclined"))
+    post_charge(session, provider, "failed", charge_body("tok_error"))
+
+    ledger = session.get(control_url(provider, "/_fake/ledger"), timeout=2).json()
+
+    assert ledger == {"total": 1, "by_key": {"paid": paid}}
+    assert (paid["amount"], paid["currency"], paid["reference"]) == (700, "eur", "tx-7")
+    assert provider.ledger() == ledger["by_key"]
