@@ -1,14 +1,23 @@
-"""The payment page. It only renders: the page's JavaScript charges through the API."""
+"""The payment page. It only renders: the page's JavaScript charges through the API.
+
+Payments are taken by client accounts. Staff accounts, and those in the "Payment
+support" group, work in the admin: the page refuses them (403, with a page that says
+so) unless they were also made an API client (`manage.py create_api_client`, which
+gives them a token).
+"""
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
+from rest_framework.authtoken.models import Token
 
 from payments.currencies import MINOR_UNIT_DIGITS
+from payments.services import SUPPORT_GROUP_NAME
 
 # The fake provider's tokens (DESIGN.md, "Provider contract"). With a real
 # provider the card is tokenized by the provider's own form, never by us.
@@ -37,9 +46,16 @@ def _health_poll_ms(raw: str | None) -> int:
     return min(max(wanted_ms, HEALTH_POLL_MIN_MS), HEALTH_POLL_MAX_MS)
 
 
+def can_take_payments(user: AbstractBaseUser) -> bool:
+    is_staff_account = user.is_staff or user.groups.filter(name=SUPPORT_GROUP_NAME).exists()
+    return not is_staff_account or Token.objects.filter(user=user).exists()
+
+
 @never_cache
 @login_required
 def pay(request: HttpRequest) -> HttpResponse:
+    if not can_take_payments(request.user):
+        return render(request, "pay/refused.html", status=403)
     return render(
         request,
         "pay/pay.html",

@@ -3,12 +3,14 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
+from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView
 
 from health.views import metrics
 from payments import pages
 
 urlpatterns = [
+    path("", TemplateView.as_view(template_name="index.html"), name="index"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("payments.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
