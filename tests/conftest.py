@@ -8,9 +8,9 @@ import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.db import connection, connections
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from apikeys.models import APIKey
 from payments import provider
 from payments.db import reset_pool
 from payments.fake_provider import FakeProvider
@@ -62,9 +62,9 @@ def provider_settings(request: pytest.FixtureRequest, settings: Any) -> Any:
 def make_client(transactional_db: None) -> Callable[[str], tuple[Any, APIClient]]:
     def make(username: str) -> tuple[Any, APIClient]:
         user = get_user_model().objects.create_user(username=username, password="pw-" + username)
-        token = Token.objects.create(user=user)
+        _, key = APIKey.objects.issue(user, "tests")
         client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
         return user, client
 
     return make
@@ -73,7 +73,7 @@ def make_client(transactional_db: None) -> Callable[[str], tuple[Any, APIClient]
 @pytest.fixture
 def api_user_token(transactional_db: None) -> tuple[Any, str]:
     user = get_user_model().objects.create_user(username="shop", password="pw-shop")
-    return user, Token.objects.create(user=user).key
+    return user, APIKey.objects.issue(user, "tests")[1]
 
 
 @pytest.fixture
