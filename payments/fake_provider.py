@@ -479,37 +479,31 @@ class FakeProvider:
         if key:
             with self._lock:
                 self._requests_by_key[key] = self._requests_by_key.get(key, 0) + 1
-        fault = self._take_fault("charge", key)
-        if fault is None:
-            return self._charge(authorization, key, raw_body)
-        if fault.kind == "drop_before":
-            return None
-        if fault.kind == "status":
-            return _status_error(fault.status or 500, fault.retry_after)
-        slow_ms = (fault.ms or 0) if fault.kind == "slow" else 0
-        response = self._charge(authorization, key, raw_body, slow_ms=slow_ms)
-        return self._apply_after(fault, response, self._stored_charge(key) if key else None)
+        return self._serve(
+            "charge", key, lambda slow_ms: self._charge(authorization, key, raw_body, slow_ms=slow_ms)
+        )
 
     def _serve_lookup(self, authorization: str | None, raw_key: str) -> _Response | None:
         """The answer to a lookup, or None to close the connection without one."""
         key = unquote(raw_key)
-        fault = self._take_fault("lookup", key)
+        return self._serve("lookup", key, lambda slow_ms: self._lookup(authorization, key))
+
+    def _serve(self, on: str, key: str | None, act: Callable[[int], _Response]) -> _Response | None:
+        """`act(slow_ms)` under the next matching fault, if any; None means drop the connection."""
+        fault = self._take_fault(on, key)
         if fault is None:
-            return self._lookup(authorization, key)
+            return act(0)
         if fault.kind == "drop_before":
             return None
         if fault.kind == "status":
             return _status_error(fault.status or 500, fault.retry_after)
-        response = self._lookup(authorization, key)
-        return self._apply_after(fault, response, response.body if response.status == 200 else None)
-
-    def _apply_after(self, fault: Fault, response: _Response, charge: JsonObject | None) -> _Response | None:
-        """A fault that acts on the answer once the request has been acted on."""
+        response = act((fault.ms or 0) if fault.kind == "slow" else 0)
         if fault.kind == "drop_after":
             return None
         if fault.kind == "hold":
             self._wait_ms(fault.ms or 0)
         if fault.kind == "garbage":
+            charge = self._stored_charge(key) if key else None
             base = charge if charge is not None else response.body
             return _garbage(fault.variant or "not_json", base if isinstance(base, dict) else {})
         return response
