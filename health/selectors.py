@@ -1,4 +1,4 @@
-"""The checks behind GET /health/ (IETF health-check draft, `application/health+json`).
+"""The checks behind GET /health/ and /health/ready (IETF health-check draft, `application/health+json`).
 
 `fail` only when the database cannot be reached: that instance cannot serve.
 A busy pool, an open breaker or a provider that does not answer are `warn`:
@@ -138,6 +138,18 @@ def provider_response_time_check() -> Check:
     return check
 
 
+def readiness(alias: str = "default") -> str:
+    """/health/ready: `pass` when the database answers and the pool has a free connection.
+
+    Never queues behind an exhausted pool: that reads as `fail` at once.
+    """
+    return PASS if database_connection_check(alias)["status"] == PASS else FAIL
+
+
+# What the payment page's badge reads besides the overall status (payments/static/payments/pay.js).
+BADGE_CHECKS = ("payment-provider:circuit", "payment-provider:responseTime")
+
+
 @dataclass(frozen=True)
 class HealthReport:
     status: str
@@ -149,6 +161,21 @@ class HealthReport:
 
     def as_json(self) -> dict[str, Any]:
         return {"status": self.status, "checks": self.checks}
+
+    def as_public_json(self) -> dict[str, Any]:
+        """For anonymous callers: pass or fail, nothing else (`warn` still serves, so it is `pass`)."""
+        return {"status": FAIL if self.status == FAIL else PASS}
+
+    def as_badge_json(self) -> dict[str, Any]:
+        """For a signed-in user of the payment page: the status and the provider checks, no figures."""
+        return {
+            "status": self.status,
+            "checks": {
+                name: [{key: check[key] for key in ("status", "observedValue") if key in check}]
+                for name in BADGE_CHECKS
+                for check in self.checks[name][:1]
+            },
+        }
 
 
 def health_report(alias: str = "default") -> HealthReport:
@@ -167,12 +194,12 @@ def health_report(alias: str = "default") -> HealthReport:
     return HealthReport(status=status, checks=checks)
 
 
-_last_status = PASS
+_last_status: str | None = None  # None until this process's first report
 _last_status_lock = threading.Lock()
 
 
 def note_status_change(report: HealthReport) -> None:
-    """Log `health.status_changed` when this process's overall status moves."""
+    """Log `health.status_changed` for this process's first status, then whenever it moves."""
     global _last_status
     with _last_status_lock:
         previous, _last_status = _last_status, report.status
@@ -185,7 +212,11 @@ def note_status_change(report: HealthReport) -> None:
         logger,
         "health.status_changed",
         level=logging.INFO if report.status == PASS else logging.WARNING,
-        message=f"Health moved from {previous} to {report.status}",
+        message=(
+            f"Health is {report.status} (first check in this process)"
+            if previous is None
+            else f"Health moved from {previous} to {report.status}"
+        ),
         previous_status=previous,
         status=report.status,
         checks_not_passing=not_passing,

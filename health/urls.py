@@ -7,4 +7,5 @@ from health import views
 urlpatterns = [
     path("", views.health, name="health"),
     path("live", views.live, name="health-live"),
+    path("ready", views.ready, name="health-ready"),
 ]

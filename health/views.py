@@ -5,9 +5,19 @@ from django.views.decorators.cache import never_cache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from health import selectors
+from health.access import Access, operator_access
 from paymentsite import metrics as app_metrics
 
 HEALTH_JSON = "application/health+json"
+
+
+def _unauthorized(access: Access) -> HttpResponse:
+    response = HttpResponse(
+        "Send METRICS_TOKEN as `Authorization: Bearer <token>`.\n", status=401, content_type="text/plain"
+    )
+    error = ', error="invalid_token"' if access is Access.INVALID else ""
+    response["WWW-Authenticate"] = f'Bearer realm="operator"{error}'
+    return response
 
 
 @never_cache
@@ -17,14 +27,46 @@ def live(request: HttpRequest) -> JsonResponse:
 
 
 @never_cache
-def health(request: HttpRequest) -> JsonResponse:
-    """Readiness and detail: database, pool, breaker and provider probe; 503 only when the database fails."""
+def ready(request: HttpRequest) -> JsonResponse:
+    """Readiness: the database answers and the pool has a free connection. Pass/fail only."""
+    status = selectors.readiness()
+    return JsonResponse(
+        {"status": status}, status=503 if status == selectors.FAIL else 200, content_type=HEALTH_JSON
+    )
+
+
+@never_cache
+def health(request: HttpRequest) -> HttpResponse:
+    """Database, pool, breaker and provider probe; 503 only when the database fails.
+
+    The detail is for operators (METRICS_TOKEN); a signed-in user of the payment
+    page gets what its badge reads; anyone else gets pass/fail.
+    """
+    access = operator_access(request)
+    if access is Access.INVALID:
+        return _unauthorized(access)
     report = selectors.health_report()
     selectors.note_status_change(report)
-    return JsonResponse(report.as_json(), status=report.http_status, content_type=HEALTH_JSON)
+    user = getattr(request, "user", None)
+    if access is Access.OPERATOR:
+        body = report.as_json()
+    elif user is not None and user.is_authenticated:
+        body = report.as_badge_json()
+    else:
+        body = report.as_public_json()
+    return JsonResponse(body, status=report.http_status, content_type=HEALTH_JSON)
 
 
 @never_cache
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus text format; expose it on the internal network only."""
+    """Prometheus text format, for a caller with METRICS_TOKEN (see health.access)."""
+    access = operator_access(request)
+    if access is Access.UNCONFIGURED:
+        return HttpResponse(
+            "METRICS_TOKEN is not set: /metrics is closed (README.md, Health and metrics).\n",
+            status=403,
+            content_type="text/plain",
+        )
+    if access is not Access.OPERATOR:
+        return _unauthorized(access)
     return HttpResponse(generate_latest(app_metrics.scrape_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -1,8 +1,10 @@
 """Prometheus metrics, exposed at /metrics by the health app.
 
 Counters and histograms are updated where things happen: the charge path, the
-provider client, the database pool. The pool gauges and the breaker state are
-read from the pool and the breaker when /metrics is scraped (StateCollector).
+provider client, the database pool, and every HTTP request (count and latency by
+route, method and status class, from health.middleware.RequestMetricsMiddleware).
+The pool gauges and the breaker state are read from the pool and the breaker
+when /metrics is scraped (StateCollector).
 
 Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR to an empty
 directory (gunicorn.conf.py wipes it at start and marks dead workers): every
@@ -64,6 +66,27 @@ POOL_CHECKOUT_WAIT_SECONDS = Histogram(
     ["alias"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+HTTP_REQUESTS = Counter(
+    "paymentsite_http_requests_total",
+    "HTTP requests by route (URL pattern, `unmatched` or `static`), method and status class.",
+    ["route", "method", "status"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "paymentsite_http_request_duration_seconds",
+    "Time from the request reaching Django to its response, by route, method and status class.",
+    ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+)
+# Any other method is counted as `other`, so that a client cannot add label values.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def observe_request(*, route: str, method: str, status_code: int, seconds: float) -> None:
+    labels = (route, method if method in HTTP_METHODS else "other", f"{status_code // 100}xx")
+    HTTP_REQUESTS.labels(*labels).inc()
+    HTTP_REQUEST_SECONDS.labels(*labels).observe(seconds)
+
 
 POOL_GAUGES = {
     "size": "Connections the pool keeps (DB_CONNECTION_LIMIT).",

@@ -52,6 +52,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "paymentsite.logs.RequestIdMiddleware",
+    "health.middleware.RequestMetricsMiddleware",
+    # Before anything that validates the Host header: probes send the pod IP.
+    "health.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -170,6 +173,17 @@ LOG_LEVEL = config.choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERR
 LOG_FORMAT = config.choice("LOG_FORMAT", "json", {"json", "console"})
 
 CLOUDWATCH_SEND_INTERVAL_S = config.int("CLOUDWATCH_SEND_INTERVAL_S", 5, minimum=1, maximum=60)
+
+# Bearer token for /metrics and the detail of /health/ (health.access). Unset: open in
+# DEBUG only; in production /metrics answers 403 and /health/ gives pass/fail to everyone.
+METRICS_TOKEN = config.str("METRICS_TOKEN") or ""
+METRICS_TOKEN_MIN_CHARS = 16
+if METRICS_TOKEN and len(METRICS_TOKEN) < METRICS_TOKEN_MIN_CHARS:
+    config.errors.append(
+        f"METRICS_TOKEN=[REDACTED] ({len(METRICS_TOKEN)} characters) is invalid: expected "
+        f"at least {METRICS_TOKEN_MIN_CHARS} characters, e.g. from `python -c 'import secrets; "
+        "print(secrets.token_urlsafe(32))'`."
+    )
 
 LOGGING = logging_config(
     level=LOG_LEVEL,

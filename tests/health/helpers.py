@@ -7,12 +7,25 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import MySQLdb
+from django.conf import settings as django_settings
 from django.db import connection, connections
-from django.test import Client
+from django.http import HttpResponse
+from django.test import Client, override_settings
+
+from payments.db import reset_pool
+
+OPERATOR_TOKEN = "operator-token-for-tests-0123456789"
+
+
+def operator_get(client: Client, path: str) -> HttpResponse:
+    """GET an operator endpoint (/health/, /metrics) as Prometheus would: with METRICS_TOKEN."""
+    with override_settings(METRICS_TOKEN=OPERATOR_TOKEN):
+        return client.get(path, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
 
 
 def get_health(client: Client) -> tuple[int, dict[str, Any]]:
-    response = client.get("/health/")
+    """/health/ with its detail (as an operator)."""
+    response = operator_get(client, "/health/")
     return response.status_code, response.json()
 
 
@@ -83,3 +96,20 @@ def server_side_connections(database_name: str) -> int:
     with raw_mysql() as raw, raw.cursor() as cursor:
         cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = %s", [database_name])
         return cursor.fetchone()[0]
+
+
+@contextlib.contextmanager
+def unreachable_database() -> Iterator[None]:
+    settings_dict = connections["default"].settings_dict
+    saved = dict(settings_dict)
+    if django_settings.DATABASE_IS_POOLED:
+        settings_dict["PORT"] = "1"  # nothing listens there: connection refused
+    else:
+        settings_dict["NAME"] = "/nonexistent/directory/db.sqlite3"
+    reset_pool()
+    try:
+        yield
+    finally:
+        settings_dict.clear()
+        settings_dict.update(saved)
+        reset_pool()

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from payments.fake_provider import FakeProvider
 from tests.conftest import TEST_API_KEY, database_url_for_subprocess
+from tests.health.helpers import OPERATOR_TOKEN
 
 WORKERS = 2
 
@@ -48,6 +49,7 @@ def gunicorn(transactional_db: None, fake_provider: FakeProvider, tmp_path: Path
         "PAYMENT_MAX_CONCURRENT_CALLS": "8",
         "LOG_LEVEL": "WARNING",
         "LOG_FORMAT": "json",
+        "METRICS_TOKEN": OPERATOR_TOKEN,
     }
     log = (tmp_path / "gunicorn.log").open("wb")
     process = subprocess.Popen(
@@ -77,7 +79,8 @@ def gunicorn(transactional_db: None, fake_provider: FakeProvider, tmp_path: Path
 
 
 def scrape(url: str) -> dict[str, Any]:
-    text = requests.get(f"{url}/metrics", headers={"Connection": "close"}, timeout=5).text
+    headers = {"Connection": "close", "Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    text = requests.get(f"{url}/metrics", headers=headers, timeout=5).text
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
@@ -102,6 +105,12 @@ def test_metrics_under_gunicorn_sum_every_workers_charges(
             s.value for s in families["paymentsite_charges"].samples if s.labels.get("outcome") == "succeeded"
         ]
         assert sum(succeeded) == 8
+        posted = [
+            s.value
+            for s in families["paymentsite_http_requests"].samples
+            if s.labels == {"route": "/api/v1/charges", "method": "POST", "status": "2xx"}
+        ]
+        assert posted == [8]  # one series, summed over the workers
     if django_settings.DATABASE_IS_POOLED:
         # Each worker publishes its pool gauges every second for the others' scrapes.
         deadline = time.monotonic() + 5
@@ -111,6 +120,10 @@ def test_metrics_under_gunicorn_sum_every_workers_charges(
     health = requests.get(f"{gunicorn}/health/", timeout=5)
     assert health.status_code == 200
     assert health.headers["Content-Type"] == "application/health+json"
+    assert health.json() == {"status": "pass"}, "no detail without the token"
+    # A kubelet's probe: the pod IP as Host.
+    ready = requests.get(f"{gunicorn}/health/ready", headers={"Host": "10.42.7.19:8000"}, timeout=5)
+    assert (ready.status_code, ready.json()) == (200, {"status": "pass"})
 
 
 def test_gunicorn_stops_before_binding_on_a_bad_value(fake_provider: FakeProvider) -> None:

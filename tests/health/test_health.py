@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import time
@@ -9,14 +8,13 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connections
 from django.test import Client
 
+from health import selectors
 from payments import provider
-from payments.db import reset_pool
 from payments.fake_provider import FakeProvider
 from tests.conftest import TEST_API_KEY
-from tests.health.helpers import check, get_health, wait_for_health
+from tests.health.helpers import check, get_health, operator_get, unreachable_database, wait_for_health
 
 CHECK_NAMES = {
     "database:connection",
@@ -37,23 +35,6 @@ def hanging_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{server.getsockname()[1]}/health"
 
 
-@contextlib.contextmanager
-def unreachable_database() -> Iterator[None]:
-    settings_dict = connections["default"].settings_dict
-    saved = dict(settings_dict)
-    if django_settings.DATABASE_IS_POOLED:
-        settings_dict["PORT"] = "1"  # nothing listens there: connection refused
-    else:
-        settings_dict["NAME"] = "/nonexistent/directory/db.sqlite3"
-    reset_pool()
-    try:
-        yield
-    finally:
-        settings_dict.clear()
-        settings_dict.update(saved)
-        reset_pool()
-
-
 def test_live_answers_without_touching_the_database(client: Client) -> None:
     # No database fixture: pytest-django makes any database access raise here.
     response = client.get("/health/live")
@@ -64,7 +45,7 @@ def test_live_answers_without_touching_the_database(client: Client) -> None:
 
 def test_health_passes_in_health_json_never_cached_and_without_secrets(health_client: Client) -> None:
     body = wait_for_health(health_client, probed)
-    response = health_client.get("/health/")
+    response = operator_get(health_client, "/health/")
 
     assert response.status_code == 200
     assert response["Content-Type"] == "application/health+json"
@@ -176,3 +157,18 @@ def test_open_breaker_warns_and_status_change_is_logged_once(
         ("pass", "warn", ["payment-provider:circuit"]),
         ("warn", "pass", []),
     ]
+
+
+def test_first_status_of_a_process_is_logged_as_its_initial_state(
+    health_client: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(selectors, "_last_status", None)  # as in a process that just started
+
+    with caplog.at_level(logging.INFO, logger="health"):
+        get_health(health_client)
+        get_health(health_client)
+
+    [first] = [r for r in caplog.records if getattr(r, "event", None) == "health.status_changed"]
+    assert first.getMessage() == f"Health is {first.fields['status']} (first check in this process)"
+    assert first.fields["previous_status"] is None
+    assert "moved" not in first.getMessage()

@@ -7,11 +7,13 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
+from tests.health.helpers import operator_get
+
 CHARGE = {"amount": 1999, "currency": "USD", "source": "tok_visa"}
 
 
 def scrape(client: Client) -> dict[str, Any]:
-    response = client.get("/metrics")
+    response = operator_get(client, "/metrics")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     return {family.name: family for family in text_string_to_metric_families(response.content.decode())}
@@ -74,3 +76,53 @@ def test_metrics_expose_pool_and_breaker_state(api: APIClient, client: Client) -
             alias="default",
         )
         assert waits >= 1
+
+
+def http_requests(families: dict[str, Any], **labels: str) -> float:
+    return sample(families, "paymentsite_http_requests", "paymentsite_http_requests_total", **labels)
+
+
+def http_seconds_count(families: dict[str, Any], **labels: str) -> float:
+    family, name = (
+        "paymentsite_http_request_duration_seconds",
+        "paymentsite_http_request_duration_seconds_count",
+    )
+    return sample(families, family, name, **labels)
+
+
+def test_http_requests_are_counted_and_timed_by_route_method_and_status_class(
+    api: APIClient, client: Client
+) -> None:
+    before = scrape(client)
+
+    created = [api.post("/api/v1/charges", CHARGE, format="json") for _ in range(2)]
+    for response in created:
+        assert api.get(f"/api/v1/charges/{response.json()['id']}").status_code == 200
+    assert api.post("/api/v1/charges", {**CHARGE, "amount": -1}, format="json").status_code == 400
+    assert client.get("/no/such/page/123").status_code == 404
+    assert client.generic("BREW", "/no/such/page/456").status_code == 404
+    after = scrape(client)
+
+    def moved(**labels: str) -> float:
+        return http_requests(after, **labels) - http_requests(before, **labels)
+
+    charges = "/api/v1/charges"
+    assert [response.status_code for response in created] == [201, 201]
+    assert moved(route=charges, method="POST", status="2xx") == 2
+    assert moved(route=charges, method="POST", status="4xx") == 1
+    detail_routes = {
+        s.labels["route"]
+        for s in after["paymentsite_http_requests"].samples
+        if s.labels.get("method") == "GET" and s.labels["route"].startswith(charges + "/")
+    }
+    assert len(detail_routes) == 1, detail_routes  # the pattern, one label value, never the ids
+    [detail] = detail_routes
+    assert "<" in detail and created[0].json()["id"] not in detail
+    assert moved(route=detail, method="GET", status="2xx") == 2
+    assert moved(route="unmatched", method="GET", status="4xx") == 1
+    assert moved(route="unmatched", method="other", status="4xx") == 1
+    assert http_seconds_count(after, route=charges, method="POST", status="2xx") == http_requests(
+        after, route=charges, method="POST", status="2xx"
+    )
+    routes = {s.labels["route"] for s in after["paymentsite_http_requests"].samples}
+    assert not any("123" in route or "456" in route for route in routes)
