@@ -1,9 +1,41 @@
-"""Structured log events: a stable `event` name plus the event's own fields."""
+"""Structured log events: a stable `event` name plus the event's own fields.
+
+EVENT_CATALOGUE is the list of every event the service logs, with its usual
+level; README.md "Event catalogue" documents each, `manage.py check_logging`
+emits one of each, and a test checks that the code logs no event missing here.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+EVENT_CATALOGUE: dict[str, int] = {
+    "payment.succeeded": logging.INFO,
+    "payment.declined": logging.INFO,
+    "payment.provider_timeout": logging.WARNING,
+    "payment.connection_error": logging.WARNING,
+    "payment.provider_error": logging.WARNING,
+    "payment.provider_unavailable": logging.WARNING,
+    "payment.retry_scheduled": logging.INFO,
+    "payment.needs_review": logging.WARNING,
+    "payment.retried": logging.INFO,
+    "payment.reconciled": logging.INFO,
+    "payment.canceled": logging.INFO,
+    "payment.call_interrupted": logging.WARNING,
+    "payment.command_error": logging.ERROR,
+    "provider.attempt_failed": logging.INFO,
+    "api.error_answered": logging.WARNING,
+    "breaker.opened": logging.WARNING,
+    "breaker.closed": logging.INFO,
+    "db.pool_exhausted": logging.WARNING,
+    "db.connection_error": logging.ERROR,
+    "health.status_changed": logging.INFO,
+    "health.probe_error": logging.ERROR,
+    "metrics.publish_error": logging.ERROR,
+    "metrics.token_missing": logging.WARNING,
+    "config.invalid": logging.CRITICAL,
+}
 
 
 def log_event(

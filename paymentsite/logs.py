@@ -117,6 +117,7 @@ def _known_secrets() -> list[str]:
     candidates = [
         *_request_secrets.get(),
         getattr(settings, "PAYMENT_API_KEY", ""),
+        getattr(settings, "METRICS_TOKEN", ""),
         *(database.get("PASSWORD", "") for database in getattr(settings, "DATABASES", {}).values()),
     ]
     return [value for value in candidates if isinstance(value, str) and len(value) >= _MIN_KNOWN_SECRET_CHARS]
@@ -252,6 +253,8 @@ class CloudWatchHandler(watchtower.CloudWatchLogHandler):
         self._ready_streams: set[str] = set()
         self._failing = False
         self._dropped_batches = 0
+        # Why the last batch was dropped, or None once one is delivered (read by check_logging).
+        self.delivery_error: str | None = None
         super().__init__(create_log_group=False, **kwargs)
         self.addFilter(_not_from_sender)
 
@@ -264,14 +267,16 @@ class CloudWatchHandler(watchtower.CloudWatchLogHandler):
             self._put(events, log_stream_name)
         except (BotoCoreError, ClientError) as exc:
             self._dropped_batches += 1
+            self.delivery_error = f"{type(exc).__name__}: {redact(str(exc))}"
             if not self._failing:
                 self._failing = True
                 _warn(
                     f"cannot ship logs to CloudWatch log group {self.log_group_name!r} "
-                    f"({type(exc).__name__}: {redact(str(exc))}); batches are dropped until it recovers, "
+                    f"({self.delivery_error}); batches are dropped until it recovers, "
                     "logs go on on stdout."
                 )
         else:
+            self.delivery_error = None
             if self._failing:
                 self._failing = False
                 _warn(
@@ -389,3 +394,8 @@ def logging_config(
             "boto3": {"level": "WARNING"},
         },
     }
+
+
+def active_cloudwatch_handler() -> CloudWatchHandler | None:
+    """The CloudWatch handler this process's logging ships through, if any."""
+    return next((h for h in logging.getLogger().handlers if isinstance(h, CloudWatchHandler)), None)
