@@ -1,4 +1,4 @@
-.PHONY: run test lint format bootstrap bench fuzz
+.PHONY: run test lint format bootstrap bench fuzz lock
 
 # Runs the service on SQLite with the fake provider; Ctrl-C stops everything.
 run:
@@ -25,6 +25,17 @@ format:
 bench:
 	@scripts/bootstrap.sh
 	.venv/bin/python -m bench.run $(if $(QUICK),--quick)
+
+# Re-resolves requirements*.txt into the hashed locks that scripts/bootstrap.sh installs:
+# PyPI only (the machine's pip configuration is not read), Python 3.11, current pins kept
+# where they still fit; UPGRADE=1 takes the newest versions allowed.
+LOCK_FLAGS = --no-config --index-url https://pypi.org/simple --python-version 3.11 --generate-hashes \
+	--quiet --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock:
+	@[ -x .venv/bin/python ] || python3 -m venv .venv
+	@[ -x .venv/bin/uv ] || .venv/bin/pip install -q "$$(grep -m1 '^uv==' requirements-dev.txt)"
+	.venv/bin/uv pip compile $(LOCK_FLAGS) requirements.txt -o requirements.lock
+	.venv/bin/uv pip compile $(LOCK_FLAGS) --constraint requirements.lock requirements-dev.txt -o requirements-dev.lock
 
 # Fuzzes the API against its OpenAPI schema for longer than the test suite does.
 fuzz:

@@ -33,11 +33,30 @@ done
 
 [[ -x .venv/bin/python ]] || "$python_bin" -m venv .venv
 
-requirements=requirements.txt
-(( dev )) && requirements=requirements-dev.txt
-stamp=".venv/.installed-$(cat requirements.txt "$requirements" | sha256sum | cut -c1-16)"
+# The locks (`make lock`) pin every package, direct or not, with the hashes of PyPI's files.
+lock=requirements.lock
+(( dev )) && lock=requirements-dev.lock
+# A pin in requirements*.txt that the lock lacks means someone forgot `make lock`: say so
+# rather than install something else.
+stale=$(awk '
+  function pin(spec,  part) {  # "Name[extra]==1.0" -> "name==1.0", names normalized as PyPI does
+    split(spec, part, "==")
+    sub(/\[.*/, "", part[1])
+    part[1] = tolower(part[1])
+    gsub(/[-_.]+/, "-", part[1])
+    return part[1] "==" part[2]
+  }
+  FNR == NR { if ($0 ~ /^[A-Za-z0-9]/) locked[pin($1)] = 1; next }
+  /^[A-Za-z0-9]/ && !(pin($1) in locked) { print FILENAME ": " $1 }
+' "$lock" requirements.txt $( (( dev )) && echo requirements-dev.txt ))
+if [[ -n "$stale" ]]; then
+  echo "$lock does not match the requirements (run \`make lock\` and commit the lock): ${stale//$'\n'/, }" >&2
+  exit 1
+fi
+stamp=".venv/.installed-$(sha256sum "$lock" | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
-  echo "Installing Python packages from $requirements"
-  .venv/bin/pip install -q --disable-pip-version-check -r "$requirements"
+  echo "Installing Python packages from $lock"
+  .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r "$lock"
+  rm -f .venv/.installed-*
   touch "$stamp"
 fi
