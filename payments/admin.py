@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import timedelta
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -25,7 +24,6 @@ from payments.services import ActionOutcome, ActionResult
 # Each retry or lookup is a provider call made while the support user waits.
 ACTION_MAX_ROWS = 50
 # Pending rows younger than this may still be waiting on their own provider call.
-RECONCILE_STALE_AFTER = timedelta(minutes=10)
 NO_WRAP = '<span style="white-space: nowrap">{}</span>'
 
 
@@ -65,7 +63,7 @@ class NeedsReviewFilter(admin.SimpleListFilter):
     parameter_name = "needs_review"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("yes", "Yes: no retry left"), ("no", "No")]
+        return [("yes", "Yes: a person must decide"), ("no", "No")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Transaction]) -> QuerySet[Transaction]:
         if self.value() == "yes":
@@ -201,9 +199,7 @@ class TransactionAdmin(admin.ModelAdmin):
             request,
             queryset,
             verb="Reconcile",
-            action=lambda txn: services.charge_reconcile(
-                transaction_id=txn.pk, actor=actor, stale_after=RECONCILE_STALE_AFTER
-            ),
+            action=lambda txn: services.charge_reconcile(transaction_id=txn.pk, actor=actor),
         )
 
     def _run_action(

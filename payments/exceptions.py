@@ -16,7 +16,9 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
 
+from payments import outcomes
 from paymentsite.log import log_event
+from paymentsite.logs import current_request_id
 
 if TYPE_CHECKING:
     from payments.models import Transaction
@@ -25,87 +27,98 @@ logger = logging.getLogger(__name__)
 
 
 class PaymentError(Exception):
-    http_status = status.HTTP_400_BAD_REQUEST
-    error_type = "invalid_request"
-    code = "invalid_request"
-    retryable = False
+    """An answer of the outcome table (payments.outcomes) raised as an exception.
+
+    The class names the row; its HTTP status, error type, default code, retryable flag and
+    message come from the table, so the API cannot drift from the documented vocabulary.
+    """
+
+    answer_name = "invalid_request"
     retry_after_s: int | None = None
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         code: str | None = None,
         transaction: Transaction | None = None,
         replayed: bool = False,
         extra: dict[str, Any] | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        if code:
-            self.code = code
+        answer = outcomes.answer(self.answer_name)
+        self.answer = answer
+        self.message = message or answer.message
+        super().__init__(self.message)
+        self.http_status = answer.http_status
+        self.error_type = answer.error_type
+        self.code = code or answer.code
+        self.retryable = answer.retryable
         self.transaction = transaction
         self.replayed = replayed
         self.extra = extra or {}
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class InvalidRequest(PaymentError):
-    pass
+    answer_name = "invalid_request"
+
+
+class NotCancelable(PaymentError):
+    answer_name = "not_cancelable"
 
 
 class IdempotencyConflict(PaymentError):
-    http_status = status.HTTP_409_CONFLICT
-    error_type = "idempotency_error"
+    """The same key with another body: this request was not sent."""
+
+    answer_name = "key_reused"
 
 
-class CardDeclined(PaymentError):
-    http_status = status.HTTP_402_PAYMENT_REQUIRED
-    error_type = "card_error"
-    code = "card_declined"
-
-
-class ChargeCanceled(PaymentError):
-    http_status = status.HTTP_409_CONFLICT
-    error_type = "charge_canceled"
-    code = "charge_canceled"
-
-
-class ProviderFailed(PaymentError):
-    """The provider never confirmed the charge; it is safe to try again."""
-
-    http_status = status.HTTP_502_BAD_GATEWAY
-    error_type = "provider_error"
-    code = "provider_error"
-    retryable = True
-
-
-class ProviderTimeout(ProviderFailed):
-    http_status = status.HTTP_504_GATEWAY_TIMEOUT
-    error_type = "provider_timeout"
-    code = "provider_timeout"
-
-
-class ProviderUnavailable(PaymentError):
-    http_status = status.HTTP_503_SERVICE_UNAVAILABLE
-    error_type = "provider_unavailable"
-    code = "circuit_open"
-    retryable = True
-
-    def __init__(self, message: str, *, retry_after_s: int, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after_s = retry_after_s
-
-
-class DatabaseBusy(PaymentError):
-    http_status = status.HTTP_503_SERVICE_UNAVAILABLE
-    error_type = "database_busy"
-    code = "pool_exhausted"
-    retryable = True
+class RequestInProgress(PaymentError):
+    answer_name = "in_progress"
     retry_after_s = 1
 
 
-class DatabaseUnavailable(DatabaseBusy):
-    code = "database_unavailable"
+class CardDeclined(PaymentError):
+    answer_name = "declined"
+
+
+class ProviderRejected(PaymentError):
+    answer_name = "rejected"
+
+
+class ChargeCanceled(PaymentError):
+    answer_name = "canceled"
+
+
+class OutcomeUnknown(PaymentError):
+    """The provider may have charged: never reported as a failure, never as "not charged"."""
+
+    answer_name = "outcome_unknown"
+
+
+class RetryScheduled(PaymentError):
+    answer_name = "retry_scheduled"
+
+
+class NeedsReview(PaymentError):
+    answer_name = "needs_review"
+
+
+class ProviderUnavailable(PaymentError):
+    answer_name = "provider_unavailable"
+    retry_after_s = 1
+
+
+class DatabaseBusy(PaymentError):
+    answer_name = "database_busy"
+    retry_after_s = 1
+
+
+class DatabaseUnavailable(PaymentError):
+    answer_name = "database_unavailable"
+    retry_after_s = 1
 
 
 class PayloadTooLarge(drf_exceptions.APIException):
@@ -124,9 +137,23 @@ def error_body(
     **extra: Any,
 ) -> dict[str, Any]:
     return {
-        "error": {"type": error_type, "code": code, "message": message, "retryable": retryable, **extra},
+        "error": {
+            "type": error_type,
+            "code": code,
+            "message": message,
+            "retryable": retryable,
+            "request_id": current_request_id(),
+            **extra,
+        },
         "transaction": transaction,
     }
+
+
+def _handled(response: Response) -> Response:
+    """A typed 5xx is logged once, as its own event: not again by django.request as a crash."""
+    if response.status_code >= 500:
+        response._has_been_logged = True  # read by django.utils.log.log_response
+    return response
 
 
 def payment_error_response(error: PaymentError) -> Response:
@@ -148,10 +175,27 @@ def payment_error_response(error: PaymentError) -> Response:
         response["Retry-After"] = str(error.retry_after_s)
     if error.replayed:
         response["Idempotent-Replayed"] = "true"
-    return response
+    if error.http_status >= 500:
+        log_event(
+            logger,
+            "api.error_answered",
+            level=logging.WARNING,
+            message=f"Answered {error.http_status} {error.error_type}/{error.code}",
+            http_status=error.http_status,
+            error_type=error.error_type,
+            code=error.code,
+            transaction_id=str(error.transaction.pk) if error.transaction else None,
+        )
+    return _handled(response)
 
 
-_DRF_ERROR_TYPES: dict[type[drf_exceptions.APIException], str] = {
+def internal_error_response() -> Response:
+    answer = outcomes.answer("internal_error")
+    body = error_body(error_type=answer.error_type, code=answer.code, message=answer.message, retryable=True)
+    return Response(body, status=answer.http_status)
+
+
+DRF_ERROR_TYPES: dict[type[drf_exceptions.APIException], str] = {
     drf_exceptions.NotAuthenticated: "authentication_error",
     drf_exceptions.AuthenticationFailed: "authentication_error",
     drf_exceptions.PermissionDenied: "permission_error",
@@ -196,10 +240,17 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     elif isinstance(exc, PermissionDenied):
         exc = drf_exceptions.PermissionDenied()
     if not isinstance(exc, drf_exceptions.APIException):
-        return None  # Django's 500 handling logs it; the body stays generic.
+        # A real crash: logged once, with its traceback, on django.request (what the
+        # "unhandled errors" alarm watches); the caller still gets the API's JSON shape.
+        logging.getLogger("django.request").error(
+            "Internal Server Error: %s",
+            context["request"].path if context.get("request") else "",
+            exc_info=exc,
+        )
+        return _handled(internal_error_response())
 
     error_type = next(
-        (name for cls, name in _DRF_ERROR_TYPES.items() if isinstance(exc, cls)), "invalid_request"
+        (name for cls, name in DRF_ERROR_TYPES.items() if isinstance(exc, cls)), "invalid_request"
     )
     codes = exc.get_codes()
     code = codes if isinstance(codes, str) else error_type

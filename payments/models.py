@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -20,29 +21,43 @@ def mask_source(source: str) -> str:
     return f"{prefix}_…{rest[-4:]}"
 
 
+class BinaryCharField(models.CharField):
+    """A CharField compared byte for byte: MariaDB's default collation ignores case.
+
+    Idempotency keys `order-Ab` and `order-aB` are two payments. SQLite already compares
+    bytes (its BINARY collation), so only MySQL/MariaDB get an explicit collation.
+    """
+
+    def db_parameters(self, connection: Any) -> dict[str, Any]:
+        params = super().db_parameters(connection)
+        if connection.vendor == "mysql":
+            params["collation"] = "utf8mb4_bin"
+        return params
+
+
 class Transaction(models.Model):
     class Status(models.TextChoices):
-        PENDING = "pending"
+        PENDING = "pending"  # a request or command is working on it right now
         SUCCEEDED = "succeeded"
         DECLINED = "declined"
-        FAILED = "failed"
+        FAILED = "failed"  # known not charged; retried at next_retry_at unless it needs review
+        UNKNOWN = "unknown"  # the provider may have charged; reconcile_payments finds out
         CANCELED = "canceled"
 
     class ErrorType(models.TextChoices):
         CARD_ERROR = "card_error"
-        PROVIDER_TIMEOUT = "provider_timeout"
-        PROVIDER_CONNECTION_ERROR = "provider_connection_error"
+        PROVIDER_REJECTED = "provider_rejected"
+        OUTCOME_UNKNOWN = "outcome_unknown"
         PROVIDER_ERROR = "provider_error"
-        PROVIDER_UNAVAILABLE = "provider_unavailable"
 
     TERMINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.DECLINED, Status.CANCELED})
-    # The one table of allowed moves. A definitive answer from the provider
-    # (succeeded, declined) may settle a pending or failed row.
+    # The one table of allowed moves. A definitive answer from the provider (succeeded,
+    # declined) may settle any row that is not final; only a lookup that proves no charge
+    # was made turns an unknown outcome into a failure; an unknown one is never canceled.
     TRANSITIONS = {
-        Status.PENDING: frozenset({Status.SUCCEEDED, Status.DECLINED, Status.FAILED}),
-        Status.FAILED: frozenset(
-            {Status.PENDING, Status.SUCCEEDED, Status.DECLINED, Status.FAILED, Status.CANCELED}
-        ),
+        Status.PENDING: frozenset({Status.SUCCEEDED, Status.DECLINED, Status.FAILED, Status.UNKNOWN}),
+        Status.FAILED: frozenset({Status.PENDING, Status.SUCCEEDED, Status.DECLINED, Status.CANCELED}),
+        Status.UNKNOWN: frozenset({Status.PENDING, Status.SUCCEEDED, Status.DECLINED, Status.FAILED}),
     }
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -64,13 +79,20 @@ class Transaction(models.Model):
     error_message = models.CharField(max_length=500, blank=True)
 
     # NULL rather than "": the unique constraint must allow many charges without a key.
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    idempotency_key = BinaryCharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64)
     provider_idempotency_key = models.CharField(max_length=64, unique=True, default=new_provider_key)
     provider_charge_id = models.CharField(max_length=64, blank=True)
 
-    attempts = models.PositiveIntegerField(default=0, help_text="Charge tries that reached the provider.")
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="Charge tries; each may make several HTTP attempts (see the attempt log)."
+    )
     next_retry_at = models.DateTimeField(null=True, blank=True)
+    # When the latest charge call began: until it + PAYMENT_RECONCILE_AFTER_S an attempt may
+    # still be in flight, so a lookup that finds nothing proves nothing.
+    charge_started_at = models.DateTimeField(null=True, blank=True)
+    # Non-empty: a person must decide (tries ran out, or a command hit an error on it).
+    review_reason = models.CharField(max_length=200, blank=True)
     status_note = models.CharField(max_length=500, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
@@ -111,7 +133,7 @@ class Transaction(models.Model):
 
     @property
     def needs_review(self) -> bool:
-        return self.status == self.Status.FAILED and self.next_retry_at is None
+        return bool(self.review_reason) and not self.is_terminal
 
 
 class PaymentAttempt(models.Model):
@@ -123,7 +145,10 @@ class PaymentAttempt(models.Model):
     started_at = models.DateTimeField()
     duration_ms = models.PositiveIntegerField()
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    outcome = models.CharField(max_length=32)
+    outcome = models.CharField(max_length=32)  # a payments.provider.Cause
+    reached_provider = models.BooleanField(
+        default=True, help_text="False when no connection could be opened: nothing was sent."
+    )
     message = models.CharField(max_length=500, blank=True)
 
     class Meta:
@@ -133,4 +158,4 @@ class PaymentAttempt(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"attempt {self.number} of {self.transaction_id}: {self.outcome}"
+        return f"{self.kind} attempt {self.number}: {self.outcome}"

@@ -28,5 +28,5 @@ class LimitedJSONParser(JSONParser):
             raise PayloadTooLarge(f"Request body is larger than {limit // 1024} KiB.")
         try:
             return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: deep nesting
             raise ParseError("Request body is not valid JSON.") from exc

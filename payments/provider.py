@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,26 +24,75 @@ from django.conf import settings
 from django.utils import timezone
 from requests.adapters import HTTPAdapter
 from urllib3 import BaseHTTPResponse
+from urllib3 import exceptions as urllib3_exceptions
 from urllib3.connectionpool import ConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from payments.breaker import CircuitBreaker, CircuitOpen
 from paymentsite import metrics
+from paymentsite.log import log_event
 
 logger = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# 409: an earlier attempt with this key is still being processed; asking again later
+# gets its result (the provider replays it), so it is retried like a 503.
+RETRY_STATUSES = frozenset({409, 429, 502, 503, 504})
+CHARGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Outcome(enum.StrEnum):
+    """What one call (all its HTTP attempts) established. See `payments.outcomes`."""
+
     SUCCEEDED = "succeeded"
     DECLINED = "declined"
-    TIMEOUT = "provider_timeout"
-    CONNECTION_ERROR = "provider_connection_error"
-    PROVIDER_ERROR = "provider_error"
-    UNAVAILABLE = "provider_unavailable"
-    NOT_FOUND = "not_found"  # a lookup only: the provider never charged with this key
+    REJECTED = "rejected"  # 400/422: the provider refused the request itself; nothing charged
+    UNKNOWN = "unknown"  # the provider may have charged: the cause is in `code`
+    CONNECTION_ERROR = "provider_connection_error"  # nothing was sent
+    PROVIDER_ERROR = "provider_error"  # the provider answered that it did not charge (5xx, 429)
+    MISCONFIGURED = "provider_misconfigured"  # 401/403/404: our key or URL is wrong
+    UNAVAILABLE = "provider_unavailable"  # refused by the open breaker: nothing was sent
+    NOT_FOUND = "not_found"  # a lookup only: the provider has no charge with this key
+
+
+class Cause(enum.StrEnum):
+    """What one HTTP attempt saw. Stored in the attempt log and as the error code."""
+
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    REJECTED = "rejected"
+    TIMEOUT = "provider_timeout"  # sent, no answer within the read timeout
+    DROPPED = "connection_dropped"  # the connection broke after the request may have been sent
+    IN_FLIGHT = "request_in_flight"  # 409: an earlier attempt with this key is still being processed
+    UNUSABLE = "unusable_answer"  # an answer that cannot be trusted (not JSON, bad id, odd status)
+    CONNECTION_ERROR = "connection_error"  # refused, DNS, TLS handshake, connect timeout: not sent
+    PROVIDER_ERROR = "provider_error"  # 5xx: the provider says it did not process the request
+    RATE_LIMITED = "rate_limited"  # 429: not processed
+    MISCONFIGURED = "provider_misconfigured"  # 401/403, or 404 on a charge
+    NOT_FOUND = "not_found"
+
+
+# Cause of an attempt -> (the call's outcome if it was the last attempt, may it have charged?)
+_CAUSES: dict[Cause, tuple[Outcome, bool]] = {
+    Cause.SUCCEEDED: (Outcome.SUCCEEDED, True),
+    Cause.DECLINED: (Outcome.DECLINED, True),
+    Cause.REJECTED: (Outcome.REJECTED, True),
+    Cause.TIMEOUT: (Outcome.UNKNOWN, True),
+    Cause.DROPPED: (Outcome.UNKNOWN, True),
+    Cause.IN_FLIGHT: (Outcome.UNKNOWN, True),
+    Cause.UNUSABLE: (Outcome.UNKNOWN, True),
+    Cause.CONNECTION_ERROR: (Outcome.CONNECTION_ERROR, False),
+    Cause.PROVIDER_ERROR: (Outcome.PROVIDER_ERROR, True),
+    Cause.RATE_LIMITED: (Outcome.PROVIDER_ERROR, True),
+    Cause.MISCONFIGURED: (Outcome.MISCONFIGURED, True),
+    Cause.NOT_FOUND: (Outcome.NOT_FOUND, True),
+}
+# Attempts that say the provider is unwell: these, and only these, count towards opening the breaker.
+_BREAKER_FAILURES = frozenset(
+    {Cause.TIMEOUT, Cause.DROPPED, Cause.UNUSABLE, Cause.CONNECTION_ERROR, Cause.PROVIDER_ERROR}
+)
+# Definitive answers: nothing later in the same call can make them unknown.
+DEFINITIVE = frozenset({Outcome.SUCCEEDED, Outcome.DECLINED, Outcome.REJECTED, Outcome.NOT_FOUND})
 
 
 @dataclass(frozen=True)
@@ -50,8 +100,13 @@ class Attempt:
     started_at: datetime
     duration_ms: int
     http_status: int | None
-    outcome: str
+    outcome: str  # a Cause
     message: str = ""
+
+    @property
+    def reached_provider(self) -> bool:
+        """False only when the request can not have left this host (the connection never opened)."""
+        return _CAUSES[Cause(self.outcome)][1]
 
 
 @dataclass(frozen=True)
@@ -67,6 +122,10 @@ class ProviderResult:
     @property
     def charged(self) -> bool:
         return self.outcome == Outcome.SUCCEEDED
+
+    @property
+    def reached_provider(self) -> bool:
+        return any(attempt.reached_provider for attempt in self.attempts)
 
 
 @dataclass(frozen=True)
@@ -117,12 +176,25 @@ class _AttemptRecorder:
     def in_attempt(self) -> bool:
         return self._started_wall is not None
 
-    def finish(self, *, http_status: int | None, outcome: str, message: str = "") -> None:
+    def finish(
+        self, *, http_status: int | None, cause: Cause, message: str, error: BaseException | None = None
+    ) -> None:
         if self._started_wall is None:
             return
         duration_ms = int((time.monotonic() - self._started) * 1000)
-        self.attempts.append(Attempt(self._started_wall, duration_ms, http_status, outcome, message[:500]))
+        self.attempts.append(
+            Attempt(self._started_wall, duration_ms, http_status, cause.value, message[:500])
+        )
         self._started_wall = None
+        if error is not None:
+            # The exception's text (host, port, errno) is for operators only: never stored or shown.
+            log_event(
+                logger,
+                "provider.attempt_failed",
+                message=f"Provider attempt failed: {cause.value} ({type(error).__name__}: {error})",
+                cause=cause.value,
+                duration_ms=duration_ms,
+            )
 
     def remaining_s(self) -> float:
         return self.deadline - time.monotonic()
@@ -131,38 +203,60 @@ class _AttemptRecorder:
 _local = threading.local()
 
 
-def _outcome_of_status(http_status: int) -> Outcome:
-    if http_status < 300:
-        return Outcome.SUCCEEDED
-    if http_status in (400, 402, 422):
-        # 400/422: the provider refused this request (an unknown token, say). Sending
-        # the same body again cannot succeed, so it is as final as a decline.
-        return Outcome.DECLINED
+def _cause_of_status(http_status: int) -> Cause:
+    """The cause an answer's status alone implies (a 2xx body is checked separately)."""
+    if 200 <= http_status < 300:
+        return Cause.SUCCEEDED
+    if http_status == 402:
+        return Cause.DECLINED
+    if http_status in (400, 422):
+        # The provider refused this request (an unknown token, say): sending the same body
+        # again cannot succeed, and nothing was charged.
+        return Cause.REJECTED
+    if http_status in (401, 403):
+        return Cause.MISCONFIGURED
     if http_status == 404:
-        return Outcome.NOT_FOUND
-    return Outcome.PROVIDER_ERROR
+        return Cause.NOT_FOUND
+    if http_status == 409:
+        return Cause.IN_FLIGHT
+    if http_status == 429:
+        return Cause.RATE_LIMITED
+    if http_status >= 500:
+        return Cause.PROVIDER_ERROR
+    return Cause.UNUSABLE  # 1xx/3xx: redirects are not followed; nothing says what happened
 
 
-def _outcome_of_error(error: BaseException) -> Outcome:
-    # A connect timeout means nothing was sent; a read timeout means the
-    # provider may have charged and we do not know: the dangerous case.
-    if isinstance(error, ConnectTimeoutError | NewConnectionError | requests.ConnectTimeout):
-        return Outcome.CONNECTION_ERROR
+def _cause_of_error(error: BaseException) -> Cause:
+    """Whether a failed attempt can have reached the provider.
+
+    Only a connection that never opened (refused, DNS, connect timeout, TLS handshake) proves
+    that nothing was sent. A read timeout, or a connection that broke after it opened, may
+    have delivered the request: the provider may have charged, and we do not know.
+    """
+    if isinstance(error, ConnectTimeoutError | requests.ConnectTimeout | urllib3_exceptions.SSLError):
+        return Cause.CONNECTION_ERROR  # NewConnectionError is a ConnectTimeoutError
+    if isinstance(error, requests.exceptions.SSLError):
+        return Cause.CONNECTION_ERROR
     if isinstance(error, ReadTimeoutError | requests.ReadTimeout):
-        return Outcome.TIMEOUT
+        return Cause.TIMEOUT
     reason = getattr(error, "reason", None) or (error.args[0] if getattr(error, "args", None) else None)
     if isinstance(reason, BaseException) and reason is not error:
-        return _outcome_of_error(reason)
-    if isinstance(error, requests.ConnectionError):
-        return Outcome.CONNECTION_ERROR
-    return Outcome.PROVIDER_ERROR
+        return _cause_of_error(reason)
+    return Cause.DROPPED
 
 
-def _describe_error(error: BaseException, read_timeout_s: float) -> str:
-    outcome = _outcome_of_error(error)
-    if outcome == Outcome.TIMEOUT:
-        return f"timeout after {int(read_timeout_s * 1000)} ms"
-    return f"{type(error).__name__}: {error}"
+_FIXED_MESSAGES = {
+    Cause.TIMEOUT: "no answer within the read timeout",
+    Cause.DROPPED: "the connection broke after the request may have been sent",
+    Cause.CONNECTION_ERROR: "could not open a connection to the provider; nothing was sent",
+}
+
+
+def _describe(cause: Cause, http_status: int | None = None) -> str:
+    """A fixed message per cause: no host names, ports, URLs or exception text (those go to the log)."""
+    if cause in _FIXED_MESSAGES:
+        return _FIXED_MESSAGES[cause]
+    return f"HTTP {http_status}" if http_status else cause.value.replace("_", " ")
 
 
 class _RecordingRetry(Retry):
@@ -180,17 +274,13 @@ class _RecordingRetry(Retry):
         recorder: _AttemptRecorder | None = getattr(_local, "recorder", None)
         if recorder is not None:
             if response is not None:
+                cause = _cause_of_status(response.status)
                 recorder.finish(
-                    http_status=response.status,
-                    outcome=_outcome_of_status(response.status),
-                    message=f"HTTP {response.status}",
+                    http_status=response.status, cause=cause, message=_describe(cause, response.status)
                 )
             elif error is not None:
-                recorder.finish(
-                    http_status=None,
-                    outcome=_outcome_of_error(error),
-                    message=_describe_error(error, getattr(_local, "read_timeout_s", 0.0)),
-                )
+                cause = _cause_of_error(error)
+                recorder.finish(http_status=None, cause=cause, message=_describe(cause), error=error)
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def sleep(self, response: BaseHTTPResponse | None = None) -> None:
@@ -205,6 +295,20 @@ class _RecordingRetry(Retry):
         super().sleep(response)
         if recorder is not None:
             recorder.start()
+
+
+def _call_result(last: ProviderResult, attempts: tuple[Attempt, ...]) -> ProviderResult:
+    """The call's result: the last attempt's, unless an earlier attempt may have charged.
+
+    Unknown is sticky within a call: after a timeout or a dropped connection, a later 5xx,
+    409 or refused connection proves nothing about the first attempt.
+    """
+    if last.outcome not in DEFINITIVE and last.outcome != Outcome.UNKNOWN:
+        unknown = [a for a in attempts if _CAUSES[Cause(a.outcome)][0] == Outcome.UNKNOWN]
+        if unknown:
+            cause = Cause(unknown[0].outcome)
+            last = ProviderResult(outcome=Outcome.UNKNOWN, code=cause.value, message=_describe(cause))
+    return dataclasses.replace(last, attempts=attempts)
 
 
 class ProviderClient:
@@ -248,7 +352,6 @@ class ProviderClient:
     def _send(self, method: str, url: str, *, provider_key: str, body: dict | None) -> ProviderResult:
         recorder = _AttemptRecorder(deadline=time.monotonic() + self.settings.deadline_s)
         _local.recorder = recorder
-        _local.read_timeout_s = self.settings.read_timeout_s
         recorder.start()
         response: requests.Response | None = None
         error: BaseException | None = None
@@ -268,25 +371,29 @@ class ProviderClient:
             _local.recorder = None
         if response is not None:
             result = _result_from_response(response)
-            recorder.finish(http_status=response.status_code, outcome=result.outcome, message=result.message)
-        elif error is not None:
-            recorder.finish(
-                http_status=None,
-                outcome=_outcome_of_error(error),
-                message=_describe_error(error, self.settings.read_timeout_s),
+            cause = {Outcome.SUCCEEDED: Cause.SUCCEEDED, Outcome.DECLINED: Cause.DECLINED}.get(
+                result.outcome,
+                Cause(result.code) if result.code in Cause.__members__.values() else Cause.UNUSABLE,
             )
-            result = ProviderResult(outcome=_outcome_of_error(error), message=str(error)[:500])
+            recorder.finish(http_status=response.status_code, cause=cause, message=result.message)
+        elif error is not None:
+            cause = _cause_of_error(error)
+            recorder.finish(http_status=None, cause=cause, message=_describe(cause), error=error)
+            result = ProviderResult(outcome=_CAUSES[cause][0], code=cause.value, message=_describe(cause))
         else:
             last = recorder.attempts[-1]
+            cause = Cause(last.outcome)
             result = ProviderResult(
-                outcome=Outcome(last.outcome), http_status=last.http_status, message=last.message
+                outcome=_CAUSES[cause][0],
+                http_status=last.http_status,
+                code=cause.value,
+                message=last.message,
             )
         attempts = tuple(recorder.attempts)
         _observe(kind="charge" if method == "POST" else "lookup", attempts=attempts)
-        if result.outcome in _FAILURES and any(a.outcome == Outcome.TIMEOUT for a in attempts):
-            # One timed-out attempt is enough for the outcome to be unknown.
-            result = ProviderResult(outcome=Outcome.TIMEOUT, message=_timeout_message(attempts))
-        return dataclasses.replace(result, attempts=attempts)
+        if result.outcome in DEFINITIVE:
+            _misconfigured.clear()  # the provider accepted our key and URL
+        return _call_result(result, attempts)
 
     def _guarded(self, method: str, url: str, *, provider_key: str, body: dict | None) -> ProviderResult:
         try:
@@ -294,17 +401,23 @@ class ProviderClient:
         except CircuitOpen as exc:
             return ProviderResult(
                 outcome=Outcome.UNAVAILABLE,
-                message="The payment provider is unavailable (circuit open).",
+                code="circuit_open",
+                message="The payment provider is unavailable (circuit open); nothing was sent.",
                 retry_after_s=exc.retry_after_s,
             )
-        result = self._send(method, url, provider_key=provider_key, body=body)
-        # A 4xx (a bad request or key, a 409 for a key in flight) says nothing about
-        # the provider's health; only timeouts, connection errors and 5xx count.
-        if result.outcome in _FAILURES and (result.http_status is None or result.http_status >= 500):
-            self.breaker.record_failure()
-        else:
-            self.breaker.record_success()
-        return result
+        unwell = True  # an exception escaping below must not leave a half-open trial claimed for good
+        try:
+            result = self._send(method, url, provider_key=provider_key, body=body)
+            # A 4xx (a bad request or key, a 409 for a key in flight) says nothing about the
+            # provider's health; only timeouts, broken connections, garbage and 5xx count.
+            last = Cause(result.attempts[-1].outcome) if result.attempts else None
+            unwell = last in _BREAKER_FAILURES
+            return result
+        finally:
+            if unwell:
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
 
     def charge(
         self, *, provider_key: str, amount: int, currency: str, source: str, reference: str, description: str
@@ -332,61 +445,89 @@ def _observe(*, kind: str, attempts: tuple[Attempt, ...]) -> None:
         metrics.PROVIDER_RETRIES.labels(kind).inc(len(attempts) - 1)
 
 
-_FAILURES = frozenset({Outcome.TIMEOUT, Outcome.CONNECTION_ERROR, Outcome.PROVIDER_ERROR})
-
-
-def _timeout_message(attempts: tuple[Attempt, ...]) -> str:
-    timeouts = [a for a in attempts if a.outcome == Outcome.TIMEOUT]
-    return f"{timeouts[-1].message} ({len(attempts)} attempts)" if timeouts else "timeout"
-
-
 def _json_object(response: requests.Response) -> dict[str, Any] | None:
     try:
         data = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
         return None
     return data if isinstance(data, dict) else None
 
 
+def _unusable(http_status: int, why: str) -> ProviderResult:
+    return ProviderResult(
+        outcome=Outcome.UNKNOWN, http_status=http_status, code=Cause.UNUSABLE.value, message=why
+    )
+
+
 def _result_from_response(response: requests.Response) -> ProviderResult:
+    """Validate the answer at the boundary: anything we cannot trust is an unknown outcome."""
     http_status = response.status_code
-    outcome = _outcome_of_status(http_status)
+    cause = _cause_of_status(http_status)
     data = _json_object(response)
-    if outcome == Outcome.SUCCEEDED:
-        charge_id = data.get("id") if data else None
-        charge_status = data.get("status") if data else None
-        if not isinstance(charge_id, str) or not charge_id:
-            return ProviderResult(
-                outcome=Outcome.PROVIDER_ERROR,
-                http_status=http_status,
-                message="provider answered without a charge id",
-            )
+    error = data.get("error") if data and isinstance(data.get("error"), dict) else {}
+    if cause == Cause.SUCCEEDED:
+        if data is None:
+            return _unusable(http_status, f"HTTP {http_status} with a body that is not a JSON object")
+        charge_id, charge_status = data.get("id"), data.get("status")
+        if not isinstance(charge_id, str) or not CHARGE_ID_PATTERN.match(charge_id):
+            return _unusable(http_status, f"HTTP {http_status} without a valid charge id")
         if charge_status == "declined":
-            error = data.get("error") if isinstance(data.get("error"), dict) else {}
             return _declined(http_status, error, charge_id=charge_id)
         if charge_status != "succeeded":
-            return ProviderResult(
-                outcome=Outcome.PROVIDER_ERROR,
-                http_status=http_status,
-                message=f"provider answered with unexpected status {str(charge_status)[:40]!r}",
-            )
-        return ProviderResult(outcome=Outcome.SUCCEEDED, http_status=http_status, charge_id=charge_id)
-    error = data.get("error") if data and isinstance(data.get("error"), dict) else {}
-    if outcome == Outcome.DECLINED:
+            return _unusable(http_status, f"HTTP {http_status} with an unexpected charge status")
+        return ProviderResult(
+            outcome=Outcome.SUCCEEDED, http_status=http_status, charge_id=charge_id, code=cause.value
+        )
+    if cause == Cause.DECLINED:
         return _declined(http_status, error, charge_id="")
-    code = str(error.get("code") or error.get("type") or "")[:64]
-    message = str(error.get("message") or f"provider answered HTTP {http_status}")[:500]
-    return ProviderResult(outcome=outcome, http_status=http_status, code=code, message=message)
+    if cause == Cause.REJECTED and error.get("type") == "idempotency_error":
+        # The provider has this key with another body: the first request may have charged.
+        return _unusable(http_status, f"HTTP {http_status}: the provider holds this key with another request")
+    message = _describe(cause, http_status)
+    if cause == Cause.REJECTED:
+        provider_code = _safe_code(error.get("code") or error.get("type"))
+        message = f"The provider refused the request ({provider_code or f'HTTP {http_status}'})."
+    retry_after = response.headers.get("Retry-After", "")
+    return ProviderResult(
+        outcome=_CAUSES[cause][0],
+        http_status=http_status,
+        code=cause.value,
+        message=message,
+        retry_after_s=int(retry_after) if retry_after.isdigit() else 0,
+    )
+
+
+_SAFE_CODE = re.compile(r"^[a-z0-9_]{1,64}$")
+
+
+def _safe_code(value: object) -> str:
+    """A provider's error code, only if it looks like one (it ends up in our API's answers)."""
+    return value if isinstance(value, str) and _SAFE_CODE.match(value) else ""
 
 
 def _declined(http_status: int, error: dict, *, charge_id: str) -> ProviderResult:
+    code = _safe_code(error.get("decline_code")) or _safe_code(error.get("code")) or "card_declined"
     return ProviderResult(
         outcome=Outcome.DECLINED,
         http_status=http_status,
-        charge_id=charge_id if isinstance(charge_id, str) else "",
-        code=str(error.get("decline_code") or error.get("code") or error.get("type") or "card_declined")[:64],
-        message=str(error.get("message") or "The card was declined.")[:500],
+        charge_id=charge_id,
+        code=code,
+        message=f"The card was declined ({code}).",
     )
+
+
+# The last time the provider refused our credentials or URL (401/403/404 on a charge), until
+# an answer proves them right again: /health/ fails meanwhile (an operator must act).
+_misconfigured: dict[str, Any] = {}
+
+
+def note_misconfigured(http_status: int | None) -> None:
+    _misconfigured.update(at=timezone.now().isoformat(), http_status=http_status)
+
+
+def misconfigured() -> dict[str, Any] | None:
+    """{"at", "http_status"} of the refusal, or None when the provider accepts us."""
+    return dict(_misconfigured) or None
 
 
 _client: ProviderClient | None = None

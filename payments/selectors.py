@@ -26,55 +26,53 @@ def transactions_for_client(*, client: AbstractBaseUser, status: str | None = No
     return queryset
 
 
-# A timeout or a broken connection: the provider may have charged, and we do not know.
-UNKNOWN_OUTCOME_ERRORS = (
-    Transaction.ErrorType.PROVIDER_TIMEOUT,
-    Transaction.ErrorType.PROVIDER_CONNECTION_ERROR,
-)
 # error_code once reconciliation has confirmed that the provider made no charge.
 NOT_CHARGED_CODE = "not_charged"
 
 
 def needs_review_q() -> Q:
-    """Failed with no retry scheduled: PAYMENT_MAX_ATTEMPTS is spent, a person must decide."""
-    return Q(status=Transaction.Status.FAILED, next_retry_at__isnull=True)
+    """Not final and flagged: tries ran out, or a command hit an error on it; a person decides."""
+    return Q(status__in=NOT_FINAL, review_reason__gt="")
+
+
+NOT_FINAL = (Transaction.Status.PENDING, Transaction.Status.FAILED, Transaction.Status.UNKNOWN)
 
 
 def due_for_retry(*, now: datetime, max_attempts: int) -> QuerySet[Transaction]:
     return Transaction.objects.filter(
-        status=Transaction.Status.FAILED, next_retry_at__lte=now, attempts__lt=max_attempts
+        status=Transaction.Status.FAILED, next_retry_at__lte=now, attempts__lt=max_attempts, review_reason=""
     ).order_by("next_retry_at", "pk")
 
 
-def stale_pending(*, updated_before: datetime) -> QuerySet[Transaction]:
+def exhausted_unflagged(*, max_attempts: int) -> QuerySet[Transaction]:
+    """Failed rows at or past the attempt limit that nobody has been told about yet."""
+    return Transaction.objects.filter(
+        status=Transaction.Status.FAILED, attempts__gte=max_attempts, review_reason=""
+    ).order_by("pk")
+
+
+def abandoned_pending(*, updated_before: datetime) -> QuerySet[Transaction]:
     """Pending rows untouched since `updated_before`: their process died during the provider call."""
     return Transaction.objects.filter(status=Transaction.Status.PENDING, updated_at__lt=updated_before)
 
 
-def unknown_outcome() -> QuerySet[Transaction]:
-    return Transaction.objects.filter(
-        status=Transaction.Status.FAILED, error_type__in=UNKNOWN_OUTCOME_ERRORS
-    ).exclude(error_code=NOT_CHARGED_CODE)
-
-
-def is_outcome_unknown(txn: Transaction) -> bool:
-    return (
-        txn.status == Transaction.Status.FAILED
-        and txn.error_type in UNKNOWN_OUTCOME_ERRORS
-        and txn.error_code != NOT_CHARGED_CODE
+def to_reconcile(*, started_before: datetime) -> QuerySet[Transaction]:
+    """What reconcile_payments asks the provider about, oldest first: unknown outcomes whose last
+    charge call started before `started_before` (no attempt can still be in flight), and pending
+    rows abandoned since then."""
+    unknown = Transaction.objects.filter(status=Transaction.Status.UNKNOWN).filter(
+        Q(charge_started_at__lt=started_before) | Q(charge_started_at__isnull=True)
     )
-
-
-def to_reconcile(*, updated_before: datetime) -> QuerySet[Transaction]:
-    """What reconcile_payments asks the provider about, oldest first."""
-    return (stale_pending(updated_before=updated_before) | unknown_outcome()).order_by("updated_at", "pk")
+    return (unknown | abandoned_pending(updated_before=started_before)).order_by("updated_at", "pk")
 
 
 def cancel_refusal(txn: Transaction) -> str:
-    """Why support may not cancel this transaction, or "" when it may."""
-    if not txn.can_move_to(Transaction.Status.CANCELED):
-        return f"only a failed payment can be canceled; this one is {txn.status}"
-    if is_outcome_unknown(txn):
+    """Why this transaction may not be canceled, or "" when it may."""
+    if txn.status == Transaction.Status.UNKNOWN:
         # Canceling would hide a charge the provider may have made.
         return "the provider may have charged it; reconcile it first"
+    if txn.status == Transaction.Status.PENDING:
+        return "it is being sent to the provider right now; try again in a moment"
+    if not txn.can_move_to(Transaction.Status.CANCELED):
+        return f"it is already {txn.status}"
     return ""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -118,6 +119,39 @@ class ErrorSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
+NEXT_ACTIONS = {
+    "none": "Final: nothing more will happen.",
+    "wait": "A request is working on it right now; ask again in a moment.",
+    "retry": "Not charged; the service sends it again at `at` unless it is canceled first.",
+    "verify": "The provider may have charged it; reconcile_payments asks the provider after `at`.",
+    "review": "Not charged and never sent again automatically; support decides.",
+}
+
+
+class NextStepSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(
+        choices=sorted(NEXT_ACTIONS),
+        help_text=" ".join(f"`{name}`: {text}" for name, text in NEXT_ACTIONS.items()),
+    )
+    at = serializers.DateTimeField(allow_null=True)
+
+
+def next_step(txn: Transaction) -> dict[str, Any]:
+    """What the service will do next with this payment, on its own."""
+    Status = Transaction.Status
+    if txn.status == Status.PENDING:
+        return {"action": "wait", "at": None}
+    if txn.status == Status.UNKNOWN:
+        started = txn.charge_started_at or txn.created_at
+        at = started + timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S) if started else None
+        return {"action": "verify", "at": at}
+    if txn.status == Status.FAILED:
+        if txn.needs_review or txn.next_retry_at is None or txn.attempts >= settings.PAYMENT_MAX_ATTEMPTS:
+            return {"action": "review", "at": None}
+        return {"action": "retry", "at": txn.next_retry_at}
+    return {"action": "none", "at": None}
+
+
 class TransactionSerializer(serializers.ModelSerializer):
     """A charge as the API shows it; the full card token never leaves the database."""
 
@@ -125,6 +159,7 @@ class TransactionSerializer(serializers.ModelSerializer):
     source = serializers.CharField(source="source_masked")
     error = serializers.SerializerMethodField()
     needs_review = serializers.BooleanField()
+    next_step = serializers.SerializerMethodField()
 
     class Meta:
         model = Transaction
@@ -143,6 +178,7 @@ class TransactionSerializer(serializers.ModelSerializer):
             "attempts",
             "next_retry_at",
             "needs_review",
+            "next_step",
             "created_at",
             "updated_at",
         ]
@@ -150,6 +186,10 @@ class TransactionSerializer(serializers.ModelSerializer):
 
     def get_object(self, txn: Transaction) -> str:
         return "charge"
+
+    @extend_schema_field(NextStepSerializer())
+    def get_next_step(self, txn: Transaction) -> dict[str, Any]:
+        return next_step(txn)
 
     @extend_schema_field(ErrorSerializer(allow_null=True))
     def get_error(self, txn: Transaction) -> dict[str, str] | None:

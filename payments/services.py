@@ -12,6 +12,7 @@ import enum
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -21,11 +22,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group, Permission
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from payments import provider, selectors
+from payments import failpoints, provider, selectors
 from payments.breaker import CircuitOpen
 from payments.db import release_db_connection
 from payments.exceptions import (
@@ -33,9 +34,13 @@ from payments.exceptions import (
     ChargeCanceled,
     IdempotencyConflict,
     InvalidRequest,
-    ProviderFailed,
-    ProviderTimeout,
+    NeedsReview,
+    NotCancelable,
+    OutcomeUnknown,
+    ProviderRejected,
     ProviderUnavailable,
+    RequestInProgress,
+    RetryScheduled,
 )
 from payments.models import PaymentAttempt, Transaction, mask_source
 from payments.provider import Outcome, ProviderResult
@@ -48,13 +53,6 @@ Status = Transaction.Status
 
 RETRY_BASE_DELAY_S = 60
 RETRY_MAX_DELAY_S = 3600
-
-_FAILURE_EVENTS = {
-    Outcome.TIMEOUT: "payment.provider_timeout",
-    Outcome.CONNECTION_ERROR: "payment.connection_error",
-    Outcome.PROVIDER_ERROR: "payment.provider_error",
-    Outcome.UNAVAILABLE: "payment.provider_unavailable",
-}
 
 
 @dataclass(frozen=True)
@@ -85,21 +83,23 @@ def charge_create(
 ) -> Charged:
     """Charge once. Returns the succeeded transaction or raises a PaymentError.
 
-    With an idempotency key, a completed charge is replayed, a failed one is
-    tried again with the same provider key, and one in flight is a conflict.
+    With an idempotency key, a completed charge is replayed, a failed or unknown one is sent
+    again with the same provider key (the provider charges a key at most once), and one in
+    flight is a conflict.
     """
-    if idempotency_key:
+    if idempotency_key is not None:
         existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key)
         if existing is not None:
             return _resume(existing, request.fingerprint())
     with _provider_call_slot():
+        failpoints.hit("charge.before_insert")
         txn = _insert_pending(client=client, request=request, idempotency_key=idempotency_key)
         if txn is not None:
-            return _call_provider_and_settle(txn)
+            return _call_provider_and_settle(txn, previous=None)
     # Another request with the same key inserted first.
     existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key or "")
     if existing is None:
-        raise IdempotencyConflict("A request with this Idempotency-Key is still in progress.")
+        raise RequestInProgress()
     return _resume(existing, request.fingerprint())
 
 
@@ -117,55 +117,76 @@ def _insert_pending(
                 source_masked=mask_source(request.source),
                 description=request.description,
                 metadata=request.metadata,
-                idempotency_key=idempotency_key or None,
+                idempotency_key=idempotency_key,
                 request_fingerprint=request.fingerprint(),
                 status=Status.PENDING,
+                charge_started_at=timezone.now(),
             )
     except IntegrityError:
-        if not idempotency_key:
+        if idempotency_key is None:
             raise
         return None
 
 
+def reconcile_after() -> timedelta:
+    return timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S)
+
+
 def _resume(txn: Transaction, fingerprint: str) -> Charged:
     if txn.request_fingerprint != fingerprint:
-        raise IdempotencyConflict(
-            "This Idempotency-Key was used with a different request body.", code="idempotency_key_reused"
-        )
+        raise IdempotencyConflict(transaction=txn)
+    sendable = txn.status in (Status.FAILED, Status.UNKNOWN) and txn.attempts < settings.PAYMENT_MAX_ATTEMPTS
+    abandoned = txn.status == Status.PENDING and txn.updated_at < timezone.now() - reconcile_after()
+    if not (sendable or abandoned):
+        return raise_for_status(txn, replayed=True)
+    with _provider_call_slot():
+        # Sending again with the same provider key is safe: the provider charges it at most once.
+        previous = _claim_for_charge(txn)
+        if previous is None:
+            raise RequestInProgress(transaction=selectors.transaction_get(transaction_id=txn.pk))
+        return _call_provider_and_settle(previous, previous=previous)
+
+
+def _claim_for_charge(txn: Transaction) -> Transaction | None:
+    """Move the row to pending with a conditional UPDATE, so only one caller sends it.
+
+    Returns the row as it was before the claim (to put it back), or None if another got it.
+    """
     if txn.status == Status.PENDING:
-        raise IdempotencyConflict(
-            "A request with this Idempotency-Key is still in progress.",
-            code="request_in_progress",
-            transaction=txn,
+        candidates = Transaction.objects.filter(
+            pk=txn.pk, status=Status.PENDING, updated_at__lt=timezone.now() - reconcile_after()
         )
-    if txn.status == Status.FAILED:
-        with _provider_call_slot():
-            if not _claim_failed(txn):
-                raise IdempotencyConflict(
-                    "A request with this Idempotency-Key is still in progress.",
-                    code="request_in_progress",
-                    transaction=selectors.transaction_get(transaction_id=txn.pk),
-                )
-            return _call_provider_and_settle(txn)
-    return raise_for_status(txn, replayed=True)
+    else:
+        candidates = Transaction.objects.filter(
+            pk=txn.pk, status=txn.status, attempts__lt=settings.PAYMENT_MAX_ATTEMPTS
+        )
+    now = timezone.now()
+    changes: dict[str, Any] = {"status": Status.PENDING, "updated_at": now, "charge_started_at": now}
+    abandoned = txn.status == Status.PENDING
+    if abandoned and txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
+        # Abandoned mid-call by a process that died: the provider may have charged it.
+        changes.update(error_type=Transaction.ErrorType.OUTCOME_UNKNOWN, **INTERRUPTED)
+    if candidates.update(**changes) != 1:
+        return None
+    if abandoned:
+        txn.status = Status.UNKNOWN
+        if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
+            txn.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
+            txn.error_code, txn.error_message = INTERRUPTED["error_code"], INTERRUPTED["error_message"]
+    return txn
 
 
-def _claim_failed(txn: Transaction) -> bool:
-    """Move failed -> pending with a conditional UPDATE, so only one caller sends it."""
-    claimed = Transaction.objects.filter(pk=txn.pk, status=Status.FAILED).update(
-        status=Status.PENDING, updated_at=timezone.now()
-    )
-    return claimed == 1
+INTERRUPTED = {
+    "error_code": "interrupted",
+    "error_message": "The process sending it stopped during the provider call.",
+}
 
 
 def _ensure_provider_available() -> None:
     try:
         provider.get_client().breaker.check()
     except CircuitOpen as exc:
-        raise ProviderUnavailable(
-            "The payment provider is unavailable. Nothing was charged; try again later.",
-            retry_after_s=exc.retry_after_s,
-        ) from exc
+        raise ProviderUnavailable(code="circuit_open", retry_after_s=exc.retry_after_s) from exc
 
 
 @contextlib.contextmanager
@@ -179,24 +200,95 @@ def _provider_call_slot() -> Iterator[None]:
     _ensure_provider_available()
     slots = provider.get_client().call_slots
     if not slots.acquire(blocking=False):
-        raise ProviderUnavailable(
-            "Too many payments are waiting on the payment provider. Nothing was charged; try again shortly.",
-            code="provider_busy",
-            retry_after_s=1,
-        )
+        raise ProviderUnavailable(code="provider_busy", retry_after_s=1)
     try:
         yield
     finally:
         slots.release()
 
 
-def _call_provider_and_settle(txn: Transaction) -> Charged:
-    # The pending row is committed; give the connection back before the
-    # provider call, which may take seconds (the incident's root cause).
+def _call_provider_and_settle(txn: Transaction, *, previous: Transaction | None) -> Charged:
+    """Send the charge and record its outcome. `previous`: the row before it was claimed
+    (None for a row this request just inserted)."""
+    # The pending row is committed; give the connection back before the provider call,
+    # which may take seconds (the incident's root cause).
     release_db_connection()
+    failpoints.hit("charge.before_call")
     result = _charge(txn, provider.get_client())
-    settled = settle(transaction_id=txn.pk, result=result)
-    return raise_for_status(settled, unavailable_retry_after_s=result.retry_after_s)
+    failpoints.hit("charge.after_call")
+    if result.outcome in NOTHING_SENT:
+        _unsend(txn, previous=previous, result=result)
+        if result.outcome == Outcome.MISCONFIGURED:
+            _alarm_misconfigured(result)
+        raise ProviderUnavailable(
+            code="provider_misconfigured" if result.outcome == Outcome.MISCONFIGURED else result.code,
+            retry_after_s=max(
+                1, result.retry_after_s or (60 if result.outcome == Outcome.MISCONFIGURED else 1)
+            ),
+        )
+    try:
+        settled = _settle_with_retry(transaction_id=txn.pk, result=result)
+    except DatabaseError as exc:
+        # The provider was called but its answer could not be saved: whatever it said, the row
+        # is still pending and reconcile_payments will settle it. Never "busy, not charged".
+        log_event(
+            logger,
+            "payment.settle_failed",
+            level=logging.ERROR,
+            message=f"Could not record the provider's answer ({result.outcome}): {type(exc).__name__}",
+            transaction_id=str(txn.pk),
+            outcome=result.outcome.value,
+            provider_charge_id=result.charge_id,
+        )
+        txn.status, txn.error_type, txn.error_code = Status.UNKNOWN, "outcome_unknown", "settle_failed"
+        raise OutcomeUnknown(code="settle_failed", transaction=txn) from exc
+    return raise_for_status(settled)
+
+
+# Answers after which the provider holds no charge and nothing will send one: the row goes back.
+NOTHING_SENT = frozenset({Outcome.UNAVAILABLE, Outcome.MISCONFIGURED})
+
+
+def _unsend(txn: Transaction, *, previous: Transaction | None, result: ProviderResult) -> None:
+    """Nothing was charged: forget a row this request inserted, or put a claimed one back.
+
+    A breaker refusal or a provider that refuses our credentials must leave nothing that a
+    command would charge later, while the caller is told "not charged".
+    """
+    with transaction.atomic():
+        if previous is None:
+            Transaction.objects.filter(pk=txn.pk, status=Status.PENDING).delete()
+        else:
+            _put_back(previous, attempts=result.attempts, kind="charge")
+
+
+def _alarm_misconfigured(result: ProviderResult) -> None:
+    provider.note_misconfigured(result.http_status)
+    log_event(
+        logger,
+        "provider.misconfigured",
+        level=logging.ERROR,
+        message=f"The provider refused our request with HTTP {result.http_status}: check "
+        "PAYMENT_API_KEY and PAYMENT_SERVICE_URL. No payment is sent until this is fixed.",
+        http_status=result.http_status,
+    )
+
+
+SETTLE_TRIES = 3
+SETTLE_BACKOFF_S = (0.2, 0.5)
+
+
+def _settle_with_retry(*, transaction_id: uuid.UUID, result: ProviderResult) -> Transaction:
+    """settle(), tried a few times on a database error with a fresh connection each time."""
+    for try_number in range(1, SETTLE_TRIES + 1):
+        try:
+            return settle(transaction_id=transaction_id, result=result)
+        except DatabaseError:
+            if try_number == SETTLE_TRIES:
+                raise
+            release_db_connection()
+            time.sleep(SETTLE_BACKOFF_S[try_number - 1])
+    raise AssertionError("unreachable")
 
 
 def _charge(txn: Transaction, client: provider.ProviderClient) -> ProviderResult:
@@ -231,6 +323,7 @@ def record_attempts(*, txn: Transaction, attempts: tuple[provider.Attempt, ...],
             duration_ms=attempt.duration_ms,
             http_status=attempt.http_status,
             outcome=attempt.outcome,
+            reached_provider=attempt.reached_provider,
             message=attempt.message,
         )
         for offset, attempt in enumerate(attempts)
@@ -238,43 +331,54 @@ def record_attempts(*, txn: Transaction, attempts: tuple[provider.Attempt, ...],
 
 
 def settle(*, transaction_id: uuid.UUID, result: ProviderResult, kind: str = "charge") -> Transaction:
-    """Record the attempts and the outcome in one short transaction, under a row lock."""
+    """Record the attempts and the outcome in one short transaction, under a row lock.
+
+    The rules of payments.outcomes: a definitive answer settles any row that is not final;
+    after a charge call, anything else leaves the row unknown if this call or any earlier one
+    may have charged (unknown is sticky), failed otherwise.
+    """
     with transaction.atomic():
         txn = Transaction.objects.select_for_update().get(pk=transaction_id)
+        failpoints.hit("settle")
         record_attempts(txn=txn, attempts=result.attempts, kind=kind)
         previous_status = txn.status
-        if result.outcome == Outcome.SUCCEEDED and txn.can_move_to(Status.SUCCEEDED):
-            txn.status = Status.SUCCEEDED
-            txn.provider_charge_id = result.charge_id
-            txn.error_type = txn.error_code = txn.error_message = ""
-            txn.source = ""
-            txn.next_retry_at = None
-        elif result.outcome == Outcome.DECLINED and txn.can_move_to(Status.DECLINED):
-            txn.status = Status.DECLINED
-            txn.provider_charge_id = result.charge_id
-            txn.error_type = Transaction.ErrorType.CARD_ERROR
-            txn.error_code = result.code
-            txn.error_message = result.message
-            txn.source = ""
-            txn.next_retry_at = None
-        elif result.outcome in _FAILURE_EVENTS and txn.status == Status.PENDING:
-            txn.status = Status.FAILED
-            txn.error_type = result.outcome.value
-            txn.error_code = result.code or result.outcome.value
-            txn.error_message = result.message[:500]
-            if result.attempts:
-                txn.attempts += 1
-                txn.next_retry_at = _next_retry_at(txn.attempts)
-            else:
-                # Refused by the open breaker: no attempt was made.
-                txn.next_retry_at = timezone.now() + timedelta(seconds=max(1, result.retry_after_s))
-        if kind == "charge" and result.attempts and result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
+        if kind == "charge" and result.attempts:
             txn.attempts += 1
+        if result.outcome in FINAL_OUTCOMES and txn.can_move_to(FINAL_OUTCOMES[result.outcome][0]):
+            status, error_type = FINAL_OUTCOMES[result.outcome]
+            txn.status, txn.error_type = status, error_type
+            txn.provider_charge_id = result.charge_id
+            txn.error_code = "" if status == Status.SUCCEEDED else result.code
+            txn.error_message = "" if status == Status.SUCCEEDED else result.message
+            txn.source = ""
+            txn.next_retry_at = None
+            txn.review_reason = ""
+        elif kind == "charge" and txn.status == Status.PENDING:
+            if result.outcome == Outcome.UNKNOWN or txn.error_type == Transaction.ErrorType.OUTCOME_UNKNOWN:
+                if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
+                    txn.error_code, txn.error_message = result.code, result.message
+                txn.status = Status.UNKNOWN
+                txn.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
+                txn.next_retry_at = None
+            else:
+                txn.status = Status.FAILED
+                txn.error_type = Transaction.ErrorType.PROVIDER_ERROR
+                txn.error_code, txn.error_message = result.code, result.message
+                txn.next_retry_at = _next_retry_at(txn.attempts)
+                if txn.next_retry_at is None:
+                    txn.review_reason = f"not charged after {txn.attempts} tries"
         txn.save()
     if kind == "charge":
         metrics.CHARGES.labels(result.outcome.value).inc()
     _log_settled(txn, previous_status, result)
     return txn
+
+
+FINAL_OUTCOMES = {
+    Outcome.SUCCEEDED: (Status.SUCCEEDED, ""),
+    Outcome.DECLINED: (Status.DECLINED, Transaction.ErrorType.CARD_ERROR),
+    Outcome.REJECTED: (Status.DECLINED, Transaction.ErrorType.PROVIDER_REJECTED),
+}
 
 
 def _log_settled(txn: Transaction, previous_status: str, result: ProviderResult) -> None:
@@ -286,28 +390,33 @@ def _log_settled(txn: Transaction, previous_status: str, result: ProviderResult)
         "http_status": result.http_status,
         "amount": txn.amount,
         "currency": txn.currency,
+        "error_type": txn.error_type,
+        "error_code": txn.error_code,
     }
-    if txn.status == Status.SUCCEEDED and previous_status != Status.SUCCEEDED:
+    if txn.status == previous_status:
+        return
+    if txn.status == Status.SUCCEEDED:
         log_event(logger, "payment.succeeded", message="Payment succeeded", **fields)
-    elif txn.status == Status.DECLINED and previous_status != Status.DECLINED:
-        log_event(logger, "payment.declined", message=f"Card declined: {txn.error_code}", **fields)
-    elif txn.status == Status.FAILED and result.outcome in _FAILURE_EVENTS:
+    elif txn.status == Status.DECLINED:
+        log_event(logger, "payment.declined", message=f"Declined: {txn.error_code}", **fields)
+    elif txn.status == Status.UNKNOWN:
         log_event(
             logger,
-            _FAILURE_EVENTS[result.outcome],
+            "payment.outcome_unknown",
             level=logging.WARNING,
-            message=f"Charge failed: {result.message}",
-            error_type=txn.error_type,
+            message=f"Outcome unknown ({txn.error_code}); reconcile_payments will ask the provider",
+            **fields,
+        )
+    elif txn.status == Status.FAILED:
+        log_event(
+            logger,
+            "payment.failed",
+            level=logging.WARNING,
+            message=f"Not charged: {txn.error_code}",
             **fields,
         )
         if txn.next_retry_at is None:
-            log_event(
-                logger,
-                "payment.needs_review",
-                level=logging.WARNING,
-                message=f"Gave up after {txn.attempts} attempts; needs review",
-                **fields,
-            )
+            _log_needs_review(txn)
         else:
             log_event(
                 logger,
@@ -318,49 +427,36 @@ def _log_settled(txn: Transaction, previous_status: str, result: ProviderResult)
             )
 
 
-def raise_for_status(
-    txn: Transaction, *, replayed: bool = False, unavailable_retry_after_s: int = 0
-) -> Charged:
-    """Turn a settled transaction into the API's answer: itself, or a typed error."""
+def _log_needs_review(txn: Transaction) -> None:
+    log_event(
+        logger,
+        "payment.needs_review",
+        level=logging.WARNING,
+        message=f"Needs review: {txn.review_reason}",
+        transaction_id=str(txn.pk),
+        attempt=txn.attempts,
+        reason=txn.review_reason,
+    )
+
+
+def raise_for_status(txn: Transaction, *, replayed: bool = False) -> Charged:
+    """Turn a transaction into the API's answer: itself, or the typed error of its row in
+    payments.outcomes."""
     if txn.status == Status.SUCCEEDED:
         return Charged(transaction=txn, replayed=replayed)
+    if txn.status == Status.DECLINED and txn.error_type == Transaction.ErrorType.PROVIDER_REJECTED:
+        raise ProviderRejected(transaction=txn, replayed=replayed, extra={"provider_code": txn.error_code})
     if txn.status == Status.DECLINED:
-        raise CardDeclined(
-            txn.error_message or "The card was declined.",
-            transaction=txn,
-            replayed=replayed,
-            extra={"decline_code": txn.error_code},
-        )
+        raise CardDeclined(transaction=txn, replayed=replayed, extra={"decline_code": txn.error_code})
     if txn.status == Status.CANCELED:
-        raise ChargeCanceled(
-            "This payment was canceled by support and will not be charged.",
-            transaction=txn,
-            replayed=replayed,
-        )
+        raise ChargeCanceled(transaction=txn, replayed=replayed)
     if txn.status == Status.PENDING:
-        raise IdempotencyConflict(
-            "A request with this Idempotency-Key is still in progress.",
-            code="request_in_progress",
-            transaction=txn,
-        )
-    if txn.error_type == Transaction.ErrorType.PROVIDER_TIMEOUT:
-        raise ProviderTimeout(
-            "The payment provider did not answer in time. The payment is being verified; "
-            "retrying with the same Idempotency-Key is safe and will not charge twice.",
-            transaction=txn,
-        )
-    if txn.error_type == Transaction.ErrorType.PROVIDER_UNAVAILABLE:
-        raise ProviderUnavailable(
-            "The payment provider is unavailable. Nothing was charged; try again later.",
-            retry_after_s=max(1, unavailable_retry_after_s),
-            transaction=txn,
-        )
-    raise ProviderFailed(
-        "The payment provider could not complete the charge. Nothing was charged twice; "
-        "retrying with the same Idempotency-Key is safe.",
-        code=txn.error_type or "provider_error",
-        transaction=txn,
-    )
+        raise RequestInProgress(transaction=txn)
+    if txn.status == Status.UNKNOWN:
+        raise OutcomeUnknown(code=txn.error_code or "interrupted", transaction=txn, replayed=replayed)
+    if txn.next_retry_at is None or txn.attempts >= settings.PAYMENT_MAX_ATTEMPTS:
+        raise NeedsReview(transaction=txn, replayed=replayed)
+    raise RetryScheduled(code=txn.error_code or "provider_error", transaction=txn, replayed=replayed)
 
 
 # Support tools: retry, reconcile and cancel (the admin and the commands) ------
@@ -379,10 +475,16 @@ CLAIM_CANDIDATES = 10
 class ActionOutcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     DECLINED = "declined"
-    FAILED = "failed"  # sent again; the provider failed again
+    FAILED = "failed"  # sent again; the provider failed again (not charged)
+    UNKNOWN = "unknown"  # sent again or looked up; still not known whether it was charged
     NOT_CHARGED = "not_charged"  # the provider made no charge: failed and retryable
     UNAVAILABLE = "unavailable"  # the provider could not be asked: left as it was
     SKIPPED = "skipped"  # not eligible, or another process got there first
+    ERROR = "error"  # an unexpected error on this row: flagged for review, the batch goes on
+
+
+# Outcomes a batch command counts as errors (exit code 1).
+ERROR_OUTCOMES = frozenset({ActionOutcome.UNAVAILABLE, ActionOutcome.ERROR})
 
 
 @dataclass(frozen=True)
@@ -397,38 +499,61 @@ _OUTCOME_OF_STATUS = {
     Status.SUCCEEDED: ActionOutcome.SUCCEEDED,
     Status.DECLINED: ActionOutcome.DECLINED,
     Status.FAILED: ActionOutcome.FAILED,
+    Status.UNKNOWN: ActionOutcome.UNKNOWN,
 }
 
 
 def charge_retry(*, transaction_id: uuid.UUID, actor: str) -> ActionResult:
-    """Send a failed transaction again, due or not (support may retry one that needs review)."""
-    claimed = _claim(Transaction.objects.filter(pk=transaction_id, status=Status.FAILED))
+    """Send a failed transaction again now, due or not, within the attempt limit."""
+    claimed = _claim(
+        Transaction.objects.filter(
+            pk=transaction_id, status=Status.FAILED, attempts__lt=settings.PAYMENT_MAX_ATTEMPTS
+        )
+    )
     if claimed is None:
-        return _skipped(transaction_id, "only a failed transaction can be retried")
-    return _retry_claimed(claimed, actor=actor)
+        return _skipped(
+            transaction_id,
+            f"only a failed payment with fewer than {settings.PAYMENT_MAX_ATTEMPTS} tries can be retried",
+        )
+    return _isolated(claimed, actor, _retry_claimed)
 
 
-def charge_retry_next(
-    *, max_attempts: int, skip_ids: Collection[uuid.UUID], actor: str
-) -> ActionResult | None:
+def charge_retry_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> ActionResult | None:
     """Claim the next due failed transaction and send it again; None when none is due.
 
     Raises ProviderUnavailable, claiming nothing, while the circuit breaker is open.
     """
     _ensure_provider_available()
-    candidates = selectors.due_for_retry(now=timezone.now(), max_attempts=max_attempts)
+    candidates = selectors.due_for_retry(now=timezone.now(), max_attempts=settings.PAYMENT_MAX_ATTEMPTS)
     claimed = _claim(candidates, skip_ids=skip_ids)
-    return None if claimed is None else _retry_claimed(claimed, actor=actor)
+    return None if claimed is None else _isolated(claimed, actor, _retry_claimed)
+
+
+def flag_exhausted() -> int:
+    """Flag for review, at once, failed rows that may not be tried again (the limit was lowered,
+    say): they would otherwise wait for a retry that never comes."""
+    flagged = 0
+    for txn in selectors.exhausted_unflagged(max_attempts=settings.PAYMENT_MAX_ATTEMPTS):
+        reason = f"not charged after {txn.attempts} tries (limit {settings.PAYMENT_MAX_ATTEMPTS})"
+        if Transaction.objects.filter(pk=txn.pk, status=Status.FAILED, review_reason="").update(
+            next_retry_at=None, review_reason=reason, updated_at=timezone.now()
+        ):
+            txn.review_reason = reason
+            _log_needs_review(txn)
+            flagged += 1
+    return flagged
 
 
 def _retry_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
     if not claimed.source:
-        _release_claim(claimed)
+        _put_back(claimed)
         return _skipped(claimed.pk, "no card token is stored for this transaction")
-    result = _call_provider_for_claim(claimed, lambda client: _charge(claimed, client))
-    if result.outcome == Outcome.UNAVAILABLE and not result.attempts:
-        # Refused by the open breaker: nothing was sent, so nothing changed.
-        _release_claim(claimed)
+    _mark_charge_started(claimed)
+    result = _call_provider_for_claim(claimed, lambda client: _charge(claimed, client), kind="charge")
+    if result.outcome in NOTHING_SENT:
+        _put_back(claimed, attempts=result.attempts, kind="charge")
+        if result.outcome == Outcome.MISCONFIGURED:
+            _alarm_misconfigured(result)
         return ActionResult(claimed.pk, ActionOutcome.UNAVAILABLE, claimed.status, result.message)
     settled = settle(transaction_id=claimed.pk, result=result)
     outcome = _OUTCOME_OF_STATUS.get(settled.status, ActionOutcome.SKIPPED)
@@ -444,43 +569,64 @@ def _retry_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
     return ActionResult(settled.pk, outcome, settled.status, settled.error_message)
 
 
-def charge_reconcile(*, transaction_id: uuid.UUID, actor: str, stale_after: timedelta) -> ActionResult:
-    """Ask the provider what became of one failed transaction, or of a pending one older than
-    `stale_after` (younger ones may still be waiting on their provider call)."""
+def _mark_charge_started(claimed: Transaction) -> None:
+    Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING).update(charge_started_at=timezone.now())
+
+
+def charge_reconcile(*, transaction_id: uuid.UUID, actor: str) -> ActionResult:
+    """Ask the provider what became of one unknown-outcome transaction, or of a pending one
+    abandoned mid-call (pending for longer than PAYMENT_RECONCILE_AFTER_S)."""
     candidates = Transaction.objects.filter(pk=transaction_id).filter(
-        Q(status=Status.FAILED) | Q(status=Status.PENDING, updated_at__lt=timezone.now() - stale_after)
+        Q(status=Status.UNKNOWN) | Q(status=Status.PENDING, updated_at__lt=timezone.now() - reconcile_after())
     )
     claimed = _claim(candidates)
     if claimed is None:
-        return _skipped(transaction_id, f"only a failed one, or one pending for over {stale_after}")
-    return _reconcile_claimed(claimed, actor=actor)
+        return _skipped(
+            transaction_id,
+            "only a payment whose outcome is unknown, or one pending for over "
+            f"{settings.PAYMENT_RECONCILE_AFTER_S} s, can be reconciled",
+        )
+    return _isolated(claimed, actor, _reconcile_claimed)
 
 
-def charge_reconcile_next(
-    *, stale_after: timedelta, skip_ids: Collection[uuid.UUID], actor: str
-) -> ActionResult | None:
-    """Claim the next stale pending or unknown-outcome transaction and look it up.
-
-    Raises ProviderUnavailable, claiming nothing, while the circuit breaker is open.
-    """
+def charge_reconcile_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> ActionResult | None:
+    """Claim the next unknown or abandoned transaction whose attempts can no longer be in flight,
+    and look it up. Raises ProviderUnavailable, claiming nothing, while the breaker is open."""
     _ensure_provider_available()
-    candidates = selectors.to_reconcile(updated_before=timezone.now() - stale_after)
+    candidates = selectors.to_reconcile(started_before=timezone.now() - reconcile_after())
     claimed = _claim(candidates, skip_ids=skip_ids)
-    return None if claimed is None else _reconcile_claimed(claimed, actor=actor)
+    return None if claimed is None else _isolated(claimed, actor, _reconcile_claimed)
 
 
 def _reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
+    if claimed.status == Status.PENDING:
+        claimed.status = Status.UNKNOWN  # abandoned mid-call: putting it back makes it unknown
+        claimed.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
+        claimed.error_code, claimed.error_message = INTERRUPTED["error_code"], INTERRUPTED["error_message"]
     provider_key = claimed.provider_idempotency_key
-    result = _call_provider_for_claim(claimed, lambda client: client.lookup(provider_key=provider_key))
+    result = _call_provider_for_claim(
+        claimed, lambda client: client.lookup(provider_key=provider_key), kind="lookup"
+    )
+    in_flight_until = (claimed.charge_started_at or claimed.created_at) + reconcile_after()
+    detail = ""
     if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
         settled = settle(transaction_id=claimed.pk, result=result, kind="lookup")
         outcome = _OUTCOME_OF_STATUS[settled.status]
-    elif result.outcome == Outcome.NOT_FOUND:
+    elif result.outcome == Outcome.NOT_FOUND and timezone.now() >= in_flight_until:
         settled = _settle_not_charged(claimed, result)
         outcome = ActionOutcome.NOT_CHARGED
+    elif result.outcome == Outcome.NOT_FOUND:
+        # No charge yet, but an attempt may still be in flight: a 404 proves nothing until then.
+        settled = _put_back(claimed, attempts=result.attempts, kind="lookup")
+        outcome = ActionOutcome.UNKNOWN
+        detail = f"no charge found yet; an attempt may be in flight until {in_flight_until.isoformat()}"
     else:
-        _release_claim(claimed, lookups=result.attempts)
-        settled, outcome = claimed, ActionOutcome.UNAVAILABLE
+        review = (
+            "the provider's answer to a lookup could not be used" if result.code == "unusable_answer" else ""
+        )
+        settled = _put_back(claimed, attempts=result.attempts, kind="lookup", review_reason=review)
+        outcome = ActionOutcome.UNAVAILABLE
+        detail = result.message
     log_event(
         logger,
         "payment.reconciled",
@@ -493,40 +639,51 @@ def _reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
         provider_charge_id=settled.provider_charge_id,
         actor=actor,
     )
-    detail = result.message if outcome == ActionOutcome.UNAVAILABLE else settled.error_message
-    return ActionResult(claimed.pk, outcome, settled.status, detail)
+    return ActionResult(claimed.pk, outcome, settled.status, detail or settled.error_message)
 
 
 def _settle_not_charged(claimed: Transaction, result: ProviderResult) -> Transaction:
-    """The provider has no charge for the key: failed, and safe to send again."""
+    """The provider has no charge for the key and no attempt can be in flight: failed, and
+    safe to send again."""
     with transaction.atomic():
         txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
         record_attempts(txn=txn, attempts=result.attempts, kind="lookup")
         if txn.status == Status.PENDING:
             txn.status = Status.FAILED
-            txn.error_type = claimed.error_type or Transaction.ErrorType.PROVIDER_ERROR
+            txn.error_type = Transaction.ErrorType.PROVIDER_ERROR
             txn.error_code = selectors.NOT_CHARGED_CODE
             txn.error_message = "The provider made no charge with this key; sending it again is safe."
             txn.next_retry_at = timezone.now() if txn.attempts < settings.PAYMENT_MAX_ATTEMPTS else None
+            txn.review_reason = "" if txn.next_retry_at else f"not charged after {txn.attempts} tries"
             txn.save()
+    if txn.needs_review:
+        _log_needs_review(txn)
     return txn
 
 
 def charge_cancel(*, transaction_id: uuid.UUID, reason: str, actor: str) -> Transaction:
-    """Support gives up on a failed payment; it will never be sent again."""
+    """Give up on a payment that was not charged; it will never be sent again. Idempotent.
+
+    Refused (NotCancelable) while it may have been charged (unknown, or in flight) or once final.
+    """
     reason = reason.strip()
     if not reason:
         raise InvalidRequest("A reason is required to cancel a payment.", code="reason_required")
     with transaction.atomic():
         txn = Transaction.objects.select_for_update().get(pk=transaction_id)
+        if txn.status == Status.CANCELED:
+            return txn
         refusal = selectors.cancel_refusal(txn)
         if refusal:
-            raise InvalidRequest(refusal, code="not_cancelable", transaction=txn)
+            raise NotCancelable(f"This payment cannot be canceled: {refusal}.", transaction=txn)
         txn.status = Status.CANCELED
         txn.status_note = reason[:500]
         txn.source = ""
         txn.next_retry_at = None
-        txn.save(update_fields=["status", "status_note", "source", "next_retry_at", "updated_at"])
+        txn.review_reason = ""
+        txn.save(
+            update_fields=["status", "status_note", "source", "next_retry_at", "review_reason", "updated_at"]
+        )
     log_event(
         logger,
         "payment.canceled",
@@ -542,6 +699,8 @@ def charge_cancel(*, transaction_id: uuid.UUID, reason: str, actor: str) -> Tran
 
 def _skipped(transaction_id: uuid.UUID, detail: str) -> ActionResult:
     current = Transaction.objects.filter(pk=transaction_id).values_list("status", flat=True).first()
+    if current is None:
+        detail = "no such transaction"
     return ActionResult(transaction_id, ActionOutcome.SKIPPED, current or "", detail)
 
 
@@ -573,39 +732,89 @@ def _claim_first(candidates: QuerySet[Transaction], rows: list[Transaction]) -> 
     return None  # another process got there first
 
 
-def _release_claim(claimed: Transaction, *, lookups: tuple[provider.Attempt, ...] = ()) -> None:
-    """Put a claimed row back as it was (status and updated_at), keeping any lookups in its log."""
+def _put_back(
+    claimed: Transaction,
+    *,
+    attempts: tuple[provider.Attempt, ...] = (),
+    kind: str = "lookup",
+    review_reason: str = "",
+) -> Transaction:
+    """Put a claimed row back as it was (status, error and updated_at), keeping its attempt log."""
     with transaction.atomic():
         txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
-        record_attempts(txn=txn, attempts=lookups, kind="lookup")
-        Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING).update(
-            status=claimed.status, updated_at=claimed.updated_at
-        )
+        record_attempts(txn=txn, attempts=attempts, kind=kind)
+        if txn.status == Status.PENDING:
+            txn.status = claimed.status
+            txn.error_type, txn.error_code = claimed.error_type, claimed.error_code
+            txn.error_message = claimed.error_message
+            txn.charge_started_at = claimed.charge_started_at
+            txn.review_reason = review_reason or txn.review_reason
+            txn.save()
+            Transaction.objects.filter(pk=claimed.pk).update(updated_at=claimed.updated_at)
+    if review_reason:
+        _log_needs_review(txn)
+    return txn
 
 
 def _call_provider_for_claim(
-    claimed: Transaction, call: Callable[[provider.ProviderClient], ProviderResult]
+    claimed: Transaction, call: Callable[[provider.ProviderClient], ProviderResult], *, kind: str
 ) -> ProviderResult:
-    """Call the provider for a claimed row; if interrupted before the call, put the row back."""
+    """Call the provider for a claimed row, with no database connection held.
+
+    Interrupted before the call (Ctrl-C twice, say): the row is put back. Interrupted during a
+    charge: the provider may have charged, so the row becomes unknown for reconcile_payments;
+    during a lookup nothing was charged, so the row is put back.
+    """
     called = False
     try:
-        # The claim is committed; give the connection back for the length of the call.
         release_db_connection()
         client = provider.get_client()
         called = True
         return call(client)
     except BaseException:
-        if not called:
-            _release_claim(claimed)
+        if called and kind == "charge":
+            _mark_interrupted(claimed)
         else:
-            log_event(
-                logger,
-                "payment.call_interrupted",
-                level=logging.WARNING,
-                message="Interrupted during the provider call; reconcile_payments settles it once stale",
-                transaction_id=str(claimed.pk),
-            )
+            _put_back(claimed)
         raise
+
+
+def _mark_interrupted(claimed: Transaction) -> None:
+    changes: dict[str, Any] = {"status": Status.UNKNOWN, "next_retry_at": None}
+    if claimed.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
+        changes.update(error_type=Transaction.ErrorType.OUTCOME_UNKNOWN, **INTERRUPTED)
+    Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING).update(**changes)
+    log_event(
+        logger,
+        "payment.call_interrupted",
+        level=logging.WARNING,
+        message="Interrupted during the provider call; the outcome is unknown until reconciled",
+        transaction_id=str(claimed.pk),
+    )
+
+
+def _isolated(claimed: Transaction, actor: str, work: Callable[..., ActionResult]) -> ActionResult:
+    """Run one claimed row's work; an unexpected error flags that row for review and is
+    reported as its result, so one bad row never stops a batch."""
+    try:
+        return work(claimed, actor=actor)
+    except Exception as exc:
+        log_event(
+            logger,
+            "payment.command_error",
+            level=logging.ERROR,
+            message=f"{actor}: error on one transaction; flagged for review, going on",
+            exc_info=True,
+            transaction_id=str(claimed.pk),
+            actor=actor,
+        )
+        reason = f"{actor} hit an error ({type(exc).__name__}); see the log"
+        current = Transaction.objects.filter(pk=claimed.pk).values_list("status", flat=True).first()
+        if current == Status.PENDING:
+            _put_back(claimed, review_reason=reason)
+        else:
+            Transaction.objects.filter(pk=claimed.pk).update(review_reason=reason)
+        return ActionResult(claimed.pk, ActionOutcome.ERROR, claimed.status, reason)
 
 
 def support_user_create(*, username: str, password: str, email: str = "") -> tuple[AbstractBaseUser, bool]:

@@ -7,4 +7,5 @@ from payments import views
 urlpatterns = [
     path("charges", views.ChargeListCreateView.as_view(), name="charges"),
     path("charges/<str:transaction_id>", views.ChargeDetailView.as_view(), name="charge-detail"),
+    path("charges/<str:transaction_id>/cancel", views.ChargeCancelView.as_view(), name="charge-cancel"),
 ]

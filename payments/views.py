@@ -12,11 +12,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payments import selectors, services
+from payments import outcomes, selectors, services
+from payments.exceptions import DRF_ERROR_TYPES
 from payments.models import Transaction
 from payments.serializers import ChargeCreateSerializer, TransactionDetailSerializer, TransactionSerializer
 
 IDEMPOTENCY_KEY_MAX_CHARS = 255
+# Every error.type the API can answer: the outcome table's, and DRF's (exceptions.py).
+ERROR_TYPES = {a.error_type for a in outcomes.ANSWERS if a.error_type} | set(DRF_ERROR_TYPES.values())
 _PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
 
 ErrorResponse = inline_serializer(
@@ -25,10 +28,14 @@ ErrorResponse = inline_serializer(
         "error": inline_serializer(
             "ErrorDetail",
             fields={
-                "type": serializers.CharField(),
+                "type": serializers.ChoiceField(choices=sorted(ERROR_TYPES)),
                 "code": serializers.CharField(),
                 "message": serializers.CharField(),
                 "retryable": serializers.BooleanField(),
+                "request_id": serializers.CharField(allow_null=True),
+                "decline_code": serializers.CharField(required=False),
+                "provider_code": serializers.CharField(required=False),
+                "fields": serializers.DictField(required=False),
             },
         ),
         "transaction": TransactionSerializer(allow_null=True),
@@ -48,14 +55,38 @@ TransactionPage = inline_serializer(
 
 
 def _idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header: absent is None; present, it must be 1 to 255 visible ASCII
+    characters (no spaces). An empty key is refused, never taken as "no key": the same
+    request sent twice would then charge twice."""
     key = request.headers.get("Idempotency-Key")
-    if key is None or key == "":
+    if key is None:
         return None
-    if len(key) > IDEMPOTENCY_KEY_MAX_CHARS or not _PRINTABLE_ASCII.match(key):
+    if not (1 <= len(key) <= IDEMPOTENCY_KEY_MAX_CHARS) or not _PRINTABLE_ASCII.match(key):
         raise ValidationError(
-            {"Idempotency-Key": [f"Must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII characters."]}
+            {
+                "Idempotency-Key": [
+                    f"Must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} visible ASCII characters (no spaces)."
+                ]
+            }
         )
     return key
+
+
+def _transaction_for(request: Request, transaction_id: str) -> Transaction:
+    # The URL takes any string, so that a malformed id gets the API's JSON 404, not Django's HTML one.
+    try:
+        pk = uuid.UUID(transaction_id)
+    except ValueError:
+        raise NotFound("No such charge.") from None
+    txn = (
+        selectors.transactions_for_client(client=request.user)
+        .prefetch_related("attempt_log")
+        .filter(pk=pk)
+        .first()
+    )
+    if txn is None:
+        raise NotFound("No such charge.")
+    return txn
 
 
 class ChargeListCreateView(APIView):
@@ -87,7 +118,8 @@ class ChargeListCreateView(APIView):
         responses={
             201: TransactionSerializer,
             **{
-                code: OpenApiResponse(ErrorResponse) for code in (400, 401, 402, 409, 413, 415, 502, 503, 504)
+                code: OpenApiResponse(ErrorResponse)
+                for code in (400, 401, 402, 409, 413, 415, 422, 500, 502, 503, 504)
             },
         },
     )
@@ -113,17 +145,24 @@ class ChargeDetailView(APIView):
         responses={200: TransactionDetailSerializer, 401: ErrorResponse, 404: ErrorResponse},
     )
     def get(self, request: Request, transaction_id: str) -> Response:
-        # The URL takes any string, so that a malformed id gets the API's JSON 404, not Django's HTML one.
-        try:
-            pk = uuid.UUID(transaction_id)
-        except ValueError:
-            raise NotFound("No such charge.") from None
-        txn = (
-            selectors.transactions_for_client(client=request.user)
-            .prefetch_related("attempt_log")
-            .filter(pk=pk)
-            .first()
+        return Response(TransactionDetailSerializer(_transaction_for(request, transaction_id)).data)
+
+
+class ChargeCancelView(APIView):
+    @extend_schema(
+        operation_id="charges_cancel",
+        request=None,
+        parameters=[OpenApiParameter("transaction_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses={200: TransactionSerializer, 401: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse},
+        description=(
+            "Stop a payment that was not charged (failed, possibly with a retry scheduled): it will "
+            "never be sent again. Idempotent: canceling a canceled payment answers 200. Refused with "
+            "409 not_cancelable while the outcome is unknown or a request is in flight, and once final."
+        ),
+    )
+    def post(self, request: Request, transaction_id: str) -> Response:
+        txn = _transaction_for(request, transaction_id)
+        canceled = services.charge_cancel(
+            transaction_id=txn.pk, reason="canceled by the API client", actor=request.user.get_username()
         )
-        if txn is None:
-            raise NotFound("No such charge.")
-        return Response(TransactionDetailSerializer(txn).data)
+        return Response(TransactionSerializer(canceled).data)

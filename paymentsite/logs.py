@@ -42,6 +42,11 @@ _request_secrets: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextV
 )
 
 
+def current_request_id() -> str | None:
+    """The id of the request this thread is serving (None outside a request)."""
+    return _request_id.get()
+
+
 def _forget_request(**kwargs: Any) -> None:
     _request_id.set(None)
     _request_secrets.set(())

@@ -156,6 +156,26 @@ PAYMENT_BACKOFF_MS = config.int("PAYMENT_BACKOFF_MS", 200, minimum=0, maximum=60
 PAYMENT_DEADLINE_MS = config.int("PAYMENT_DEADLINE_MS", 10_000, minimum=1, maximum=600_000)
 PAYMENT_MAX_ATTEMPTS = config.int("PAYMENT_MAX_ATTEMPTS", 6, minimum=1, maximum=100)
 PAYMENT_MAX_AMOUNT = config.int("PAYMENT_MAX_AMOUNT", 99_999_999, minimum=1)
+# The slowest a charge call can be: every attempt starts before the deadline and lasts at most
+# connect + read timeout. After it + PAYMENT_RECONCILE_AFTER_S no attempt can be in flight: a
+# pending row is abandoned, and a lookup that finds no charge proves none was made.
+PAYMENT_SLOWEST_CHARGE_S = (PAYMENT_DEADLINE_MS + PAYMENT_CONNECT_TIMEOUT_MS + PAYMENT_TIMEOUT_MS) / 1000
+PAYMENT_RECONCILE_AFTER_S = config.int(
+    "PAYMENT_RECONCILE_AFTER_S", int(PAYMENT_SLOWEST_CHARGE_S) + 60, minimum=1, maximum=86_400
+)
+if PAYMENT_RECONCILE_AFTER_S <= PAYMENT_SLOWEST_CHARGE_S:
+    config.errors.append(
+        f"PAYMENT_RECONCILE_AFTER_S={PAYMENT_RECONCILE_AFTER_S!r} is invalid: expected more than the "
+        f"slowest possible charge, PAYMENT_DEADLINE_MS + PAYMENT_CONNECT_TIMEOUT_MS + PAYMENT_TIMEOUT_MS "
+        f"= {PAYMENT_SLOWEST_CHARGE_S:g} s, or leave it unset for that + 60 s."
+    )
+PAYMENT_BREAKER_FAILURES = config.int("PAYMENT_BREAKER_FAILURES", 5, minimum=1, maximum=1000)
+PAYMENT_BREAKER_RESET_S = config.int("PAYMENT_BREAKER_RESET_S", 30, minimum=1, maximum=3600)
+# Charges one process may have waiting on the provider at once; more get 503 provider_busy.
+# Keep it below the threads of a gunicorn worker, so /health/ always finds a free thread.
+PAYMENT_MAX_CONCURRENT_CALLS = config.int("PAYMENT_MAX_CONCURRENT_CALLS", 24, minimum=1, maximum=1000)
+# Shows the fake provider's test cards on the payment page (set by `make run`).
+PAYMENT_FAKE_PROVIDER = config.bool("PAYMENT_FAKE_PROVIDER", False)
 PAYMENT_BREAKER_FAILURES = config.int("PAYMENT_BREAKER_FAILURES", 5, minimum=1, maximum=1000)
 PAYMENT_BREAKER_RESET_S = config.int("PAYMENT_BREAKER_RESET_S", 30, minimum=1, maximum=3600)
 # Charges one process may have waiting on the provider at once; more get 503 provider_busy.

@@ -52,6 +52,7 @@ def provider_settings(request: pytest.FixtureRequest, settings: Any) -> Any:
     settings.PAYMENT_CONNECT_TIMEOUT_MS = 300
     settings.PAYMENT_BACKOFF_MS = 10
     settings.PAYMENT_DEADLINE_MS = 4000
+    settings.PAYMENT_RECONCILE_AFTER_S = 5  # > deadline + connect + read timeouts
     settings.PAYMENT_MAX_RETRIES = 3
     settings.PAYMENT_BREAKER_FAILURES = 1000
     provider.get_client().breaker.reset()

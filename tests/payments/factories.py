@@ -39,8 +39,8 @@ def failed(source: str = "tok_visa", *, client: Any = None, **fields: Any) -> Tr
     """A failed, due transaction the provider has never seen (its first try never reached it)."""
     values = {
         "status": Transaction.Status.FAILED,
-        "error_type": Transaction.ErrorType.PROVIDER_CONNECTION_ERROR,
-        "error_code": "provider_connection_error",
+        "error_type": Transaction.ErrorType.PROVIDER_ERROR,
+        "error_code": "connection_error",
         "attempts": 1,
         "next_retry_at": timezone.now() - timedelta(seconds=1),
         **fields,
@@ -60,5 +60,21 @@ def failed(source: str = "tok_visa", *, client: Any = None, **fields: Any) -> Tr
 def stale_pending(source: str = "tok_visa", *, age: timedelta = timedelta(minutes=11)) -> Transaction:
     """A pending row whose process died before the provider saw it."""
     txn = failed(source, status=Transaction.Status.PENDING, error_type="", error_code="", attempts=0)
-    Transaction.objects.filter(pk=txn.pk).update(updated_at=timezone.now() - age)
+    started = timezone.now() - age
+    Transaction.objects.filter(pk=txn.pk).update(updated_at=started, charge_started_at=started)
     return Transaction.objects.get(pk=txn.pk)
+
+
+def unknown(
+    source: str = "tok_visa", *, age: timedelta = timedelta(minutes=11), **fields: Any
+) -> Transaction:
+    """A transaction whose outcome is unknown, its last charge call begun `age` ago."""
+    values = {
+        "status": Transaction.Status.UNKNOWN,
+        "error_type": Transaction.ErrorType.OUTCOME_UNKNOWN,
+        "error_code": "provider_timeout",
+        "next_retry_at": None,
+        "charge_started_at": timezone.now() - age,
+        **fields,
+    }
+    return failed(source, **values)

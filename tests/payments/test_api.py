@@ -30,7 +30,8 @@ def assert_error_body(response: Any, error_type: str) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error", "transaction"}
     assert body["error"]["type"] == error_type
-    assert {"type", "code", "message", "retryable"} <= set(body["error"])
+    assert {"type", "code", "message", "retryable", "request_id"} <= set(body["error"])
+    assert body["error"]["request_id"] == response["X-Request-ID"]
     assert body["error"]["message"]
     return body
 
@@ -68,14 +69,15 @@ def test_declined_card_answers_402_card_error(api: APIClient, source: str, decli
     assert PaymentAttempt.objects.count() == 1, "a decline is never retried"
 
 
-def test_provider_refusing_the_source_is_a_final_decline_never_retried(
+def test_provider_refusing_the_source_is_final_and_told_apart_from_a_decline(
     api: APIClient, fake_provider: FakeProvider
 ) -> None:
     response = charge(api, source="card_4242abcd")
 
-    assert response.status_code == 402
-    body = assert_error_body(response, "card_error")
-    assert body["error"]["decline_code"] == "invalid_request_error"
+    assert response.status_code == 422
+    body = assert_error_body(response, "provider_rejected")
+    assert body["error"]["retryable"] is False
+    assert "decline_code" not in body["error"]
     txn = Transaction.objects.get(pk=body["transaction"]["id"])
     assert (txn.status, txn.next_retry_at, txn.source) == ("declined", None, "")
     assert [a.http_status for a in txn.attempt_log.all()] == [400]
@@ -105,7 +107,7 @@ def test_rate_limited_charge_waits_out_retry_after(api: APIClient) -> None:
     assert waited_s >= 0.9, f"Retry-After: 1 was not honoured (waited {waited_s:.2f} s)"
 
 
-def test_timeout_leaves_transaction_failed_then_same_key_succeeds_with_one_charge(
+def test_timeout_leaves_the_outcome_unknown_then_same_key_succeeds_with_one_charge(
     api: APIClient, fake_provider: FakeProvider, settings: Any
 ) -> None:
     settings.PAYMENT_MAX_RETRIES = 1
@@ -115,12 +117,14 @@ def test_timeout_leaves_transaction_failed_then_same_key_succeeds_with_one_charg
     response = charge(api, source="tok_timeout", key="order-timeout")
 
     assert response.status_code == 504
-    body = assert_error_body(response, "provider_timeout")
-    assert body["error"]["retryable"] is True
+    body = assert_error_body(response, "outcome_unknown")
+    assert (body["error"]["code"], body["error"]["retryable"]) == ("provider_timeout", True)
+    assert "not charged" not in body["error"]["message"].lower()
+    assert body["transaction"]["next_step"]["action"] == "verify"
     txn = Transaction.objects.get(pk=body["transaction"]["id"])
-    assert (txn.status, txn.error_type) == ("failed", "provider_timeout")
-    assert "timeout after 300 ms" in txn.error_message
-    assert txn.next_retry_at is not None
+    assert (txn.status, txn.error_type, txn.error_code) == ("unknown", "outcome_unknown", "provider_timeout")
+    assert txn.error_message == "no answer within the read timeout"
+    assert txn.next_retry_at is None, "an unknown outcome is verified, never blindly retried by a command"
     assert txn.attempt_log.count() == 2
     assert fake_provider.charge_count(txn.provider_idempotency_key) == 1, "the provider did charge"
 
@@ -333,7 +337,7 @@ class _NotJsonProvider(BaseHTTPRequestHandler):
         pass
 
 
-def test_provider_answer_that_is_not_json_is_a_provider_error(api: APIClient, settings: Any) -> None:
+def test_provider_answer_that_is_not_json_leaves_the_outcome_unknown(api: APIClient, settings: Any) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _NotJsonProvider)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings.PAYMENT_SERVICE_URL = f"http://127.0.0.1:{server.server_address[1]}/v1/charges"
@@ -343,9 +347,10 @@ def test_provider_answer_that_is_not_json_is_a_provider_error(api: APIClient, se
         server.shutdown()
         server.server_close()
 
-    assert response.status_code == 502
-    body = assert_error_body(response, "provider_error")
-    assert body["transaction"]["status"] == "failed"
+    assert response.status_code == 504
+    body = assert_error_body(response, "outcome_unknown")
+    assert body["error"]["code"] == "unusable_answer"
+    assert body["transaction"]["status"] == "unknown"
 
 
 def test_openapi_schema_describes_the_charge_endpoints(api: APIClient) -> None:

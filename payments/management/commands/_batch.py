@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -25,13 +26,18 @@ from django.db.models import QuerySet
 
 from payments.exceptions import ProviderUnavailable
 from payments.models import Transaction
-from payments.services import ActionOutcome, ActionResult
+from payments.services import ERROR_OUTCOMES, ActionOutcome, ActionResult
 from paymentsite.log import log_event
 
 logger = logging.getLogger("payments.commands")
 
-EXIT_ERRORS = 1
-EXIT_SIGNAL_BASE = 128
+# Exit codes, as README "Operators" documents them.
+EXIT_OK = 0
+EXIT_ERRORS = 1  # some rows failed or errored, or the provider could not be reached
+EXIT_USAGE = 2  # bad arguments; nothing was done
+EXIT_SIGNAL_BASE = 128  # + the signal's number: stopped by Ctrl-C (130) or SIGTERM (143)
+# Row outcomes that make the run exit 1.
+FAILING_OUTCOMES = frozenset({ActionOutcome.FAILED, *ERROR_OUTCOMES})
 
 
 class _GracefulStop:
@@ -79,9 +85,13 @@ class _Run:
     def counts(self) -> Counter[str]:
         return Counter(result.outcome.value for result in self.results)
 
-    @property
-    def error_count(self) -> int:
-        return len(self.errors) + sum(r.outcome == ActionOutcome.UNAVAILABLE for r in self.results)
+    def all_errors(self) -> list[str]:
+        """The run's errors, then one line per row that failed or errored."""
+        return self.errors + [
+            f"{result.transaction_id}: {result.outcome.value}: {result.detail}".rstrip(": ")
+            for result in self.results
+            if result.outcome in FAILING_OUTCOMES
+        ]
 
 
 class BatchCommand(BaseCommand):
@@ -121,14 +131,27 @@ class BatchCommand(BaseCommand):
     def dry_run_candidates(self, options: dict[str, Any]) -> QuerySet[Transaction]:
         raise NotImplementedError
 
+    def before_work(self, options: dict[str, Any]) -> None:
+        """Runs once before the rows are worked (not in a dry run)."""
+
     def handle(self, *args: Any, **options: Any) -> None:
         if options["limit"] < 1:
-            raise CommandError("--limit must be at least 1.")
+            raise CommandError("--limit must be at least 1.", returncode=EXIT_USAGE)
+        if options["json"]:
+            _logs_to_stderr()  # stdout carries exactly one JSON document
+        unknown = sorted(
+            str(pk)
+            for pk in set(options["transaction_ids"])
+            - set(Transaction.objects.filter(pk__in=options["transaction_ids"]).values_list("pk", flat=True))
+        )
+        if unknown:
+            raise CommandError(f"No transaction with id {', '.join(unknown)}.", returncode=EXIT_USAGE)
         started = time.monotonic()
         if options["dry_run"]:
             self._report_dry_run(options, started)
             return
         run = _Run()
+        self.before_work(options)
         with _GracefulStop(self.stderr) as stop:
             try:
                 for result in self._work(options, stop, run):
@@ -141,8 +164,9 @@ class BatchCommand(BaseCommand):
         if run.interrupted:
             signal_number = stop.signal_number or signal.SIGINT
             raise CommandError("Interrupted.", returncode=EXIT_SIGNAL_BASE + signal_number)
-        if run.error_count:
-            raise CommandError(f"{run.error_count} error(s); see above.", returncode=EXIT_ERRORS)
+        errors = run.all_errors()
+        if errors:
+            raise CommandError(f"{len(errors)} error(s); see above.", returncode=EXIT_ERRORS)
 
     def _work(self, options: dict[str, Any], stop: _GracefulStop, run: _Run) -> Iterator[ActionResult]:
         skip_ids: set[uuid.UUID] = set()
@@ -202,7 +226,7 @@ class BatchCommand(BaseCommand):
                         "duration_ms": duration_ms,
                         "total": len(run.results),
                         "counts": dict(sorted(counts.items())),
-                        "errors": run.errors,
+                        "errors": run.all_errors(),
                         "transactions": [
                             {
                                 "id": str(result.transaction_id),
@@ -220,7 +244,7 @@ class BatchCommand(BaseCommand):
         state = " (interrupted)" if run.interrupted else ""
         lines = [f"{self.name}: {len(run.results)} transaction(s) in {duration_ms / 1000:.1f} s{state}"]
         lines += self._table(counts)
-        lines += [f"error: {error}" for error in run.errors]
+        lines += [f"error: {error}" for error in run.all_errors()]
         self.stdout.write("\n".join(lines))
 
     @staticmethod
@@ -245,7 +269,13 @@ class BatchCommand(BaseCommand):
         ]
         if options["json"]:
             duration_ms = int((time.monotonic() - started) * 1000)
-            summary = {"command": self.name, "dry_run": True, "duration_ms": duration_ms, "total": len(rows)}
+            summary = {
+                "command": self.name,
+                "dry_run": True,
+                "duration_ms": duration_ms,
+                "total": len(rows),
+                "counts": dict(sorted(Counter(row["status"] for row in rows).items())),
+            }
             self.stdout.write(json.dumps({**summary, "transactions": rows}, separators=(",", ":")))
             return
         lines = [f"{self.name} --dry-run: {len(rows)} transaction(s) would be worked; nothing was changed."]
@@ -255,3 +285,11 @@ class BatchCommand(BaseCommand):
             for row in rows
         ]
         self.stdout.write("\n".join(lines))
+
+
+def _logs_to_stderr() -> None:
+    """With --json, log lines go to stderr so that `… --json | jq` reads one document."""
+    for logger_obj in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger_obj, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+                handler.setStream(sys.stderr)

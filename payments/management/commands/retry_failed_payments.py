@@ -4,7 +4,6 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import CommandParser
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -18,26 +17,16 @@ ACTOR = "retry_failed_payments"
 
 class Command(BatchCommand):
     help = (
-        "Send due failed payments to the provider again, with their stored idempotency key, so "
-        "nothing is charged twice. Safe to run on several hosts at once."
+        "Send due failed payments (known not charged) to the provider again, with their stored "
+        "idempotency key, so nothing is charged twice; flag for review those that reached "
+        "PAYMENT_MAX_ATTEMPTS. Safe to run on several hosts at once."
     )
 
-    def add_arguments(self, parser: CommandParser) -> None:
-        super().add_arguments(parser)
-        parser.add_argument(
-            "--max-attempts",
-            type=int,
-            default=None,
-            help="Leave transactions with this many attempts alone (default: PAYMENT_MAX_ATTEMPTS).",
-        )
-
-    def _max_attempts(self, options: dict[str, Any]) -> int:
-        return options["max_attempts"] or settings.PAYMENT_MAX_ATTEMPTS
+    def before_work(self, options: dict[str, Any]) -> None:
+        services.flag_exhausted()
 
     def work_next(self, *, skip_ids: set[uuid.UUID], options: dict[str, Any]) -> ActionResult | None:
-        return services.charge_retry_next(
-            max_attempts=self._max_attempts(options), skip_ids=skip_ids, actor=ACTOR
-        )
+        return services.charge_retry_next(skip_ids=skip_ids, actor=ACTOR)
 
     def work_one(self, *, transaction_id: uuid.UUID, options: dict[str, Any]) -> ActionResult:
         return services.charge_retry(transaction_id=transaction_id, actor=ACTOR)
@@ -47,4 +36,4 @@ class Command(BatchCommand):
             return Transaction.objects.filter(
                 pk__in=options["transaction_ids"], status=Transaction.Status.FAILED
             )
-        return selectors.due_for_retry(now=timezone.now(), max_attempts=self._max_attempts(options))
+        return selectors.due_for_retry(now=timezone.now(), max_attempts=settings.PAYMENT_MAX_ATTEMPTS)
