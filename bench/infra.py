@@ -19,11 +19,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import environ
 import MySQLdb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,7 +200,13 @@ class FakeProviderProcess:
 
 
 def service_env(*, database_url: str, provider: FakeProviderProcess, **overrides: str) -> dict[str, str]:
-    """The environment the service reads: the shipped defaults plus the bench's database and provider."""
+    """The environment the service reads: the shipped defaults plus the bench's database and provider.
+
+    Production mode over loopback HTTP, as the tests run it: tests/service.env fills in
+    what is not already in the environment (a test secret key, the allowed hosts, no
+    redirect to HTTPS).
+    """
+    environ.Env.read_env(ROOT / "tests" / "service.env", overwrite=False)
     return {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -340,7 +347,9 @@ class PrivateMariaDB:
     by `close()`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, server_args: Sequence[str] = ()) -> None:
+        """`server_args` are added to mariadbd's own (TLS files, for instance)."""
+        self.server_args = list(server_args)
         self.directory = Path(tempfile.mkdtemp(prefix="paymentsite-mariadb-"))
         self.port = free_port()
         self.process: subprocess.Popen | None = None
@@ -391,6 +400,7 @@ class PrivateMariaDB:
                 "--innodb-buffer-pool-size=64M",
                 "--max-connections=200",
                 *_as_root(),
+                *self.server_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,10 +1,15 @@
+"""What stops a misconfigured process: the configuration check, and unencrypted database connections."""
+
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import MySQLdb
 from django.conf import settings
 from django.core import checks
+from sqlalchemy import event
+from sqlalchemy.pool import QueuePool
 
 from paymentsite.log import log_event
 
@@ -30,3 +35,32 @@ def raise_if_misconfigured() -> None:
             errors=list(settings.CONFIG_ERRORS),
         )
         raise SystemExit("Invalid configuration:\n  " + "\n  ".join(settings.CONFIG_ERRORS))
+
+
+# 2026 is the client library's own "TLS/SSL error" code.
+CR_SSL_CONNECTION_ERROR = 2026
+
+
+@event.listens_for(QueuePool, "connect")
+def refuse_unencrypted_connection(dbapi_connection: Any, connection_record: Any) -> None:
+    """Check each new pooled connection when DB_SSL_MODE asks for TLS.
+
+    MariaDB's client library enforces VERIFY_CA and VERIFY_IDENTITY itself, but with
+    REQUIRED it falls back to plain text when the server offers no TLS. One query per
+    new connection (not per checkout) closes that gap for every mode that asks for TLS.
+    """
+    if not settings.DATABASE_REQUIRES_TLS:
+        return
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        row = cursor.fetchone()
+    if row and row[1]:
+        return
+    dbapi_connection.close()
+    mode = settings.DATABASES["default"]["OPTIONS"]["ssl_mode"]
+    # The driver's own error, so that Django reports it as a database OperationalError (503).
+    raise MySQLdb.OperationalError(
+        CR_SSL_CONNECTION_ERROR,
+        f"TLS/SSL error: DB_SSL_MODE={mode} but the connection to the database is not encrypted "
+        "(the server offers no TLS)",
+    )

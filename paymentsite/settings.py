@@ -1,7 +1,7 @@
 """The one settings module, driven by the environment (and `.env` when present).
 
-Variables and defaults are the table in DESIGN.md "Configuration"; README.md and
-.env.example list them too. A bad value is collected in CONFIG_ERRORS and
+Every variable read here is in README.md's "Configuration" table and in
+.env.example. A bad value is collected in CONFIG_ERRORS and
 reported by the system check `paymentsite.E001`, which stops start-up.
 """
 
@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import environ
 
-from paymentsite.config import EnvReader
+from paymentsite.config import ENCRYPTED_SSL_MODES, PRODUCTION, EnvReader
 from paymentsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -24,12 +24,36 @@ if (BASE_DIR / ".env").is_file():
 config = EnvReader(env)
 
 DEBUG = config.bool("DJANGO_DEBUG", False)
-SECRET_KEY = config.str("DJANGO_SECRET_KEY") or "insecure-development-key-change-me"
-ALLOWED_HOSTS = [
-    host.strip()
-    for host in (config.str("DJANGO_ALLOWED_HOSTS") or "localhost,127.0.0.1,[::1],testserver").split(",")
-    if host.strip()
-]
+# Production mode (DEBUG off) refuses a missing or development key, SQLite without
+# DB_ALLOW_SQLITE=true, and an empty DJANGO_ALLOWED_HOSTS (see paymentsite.config).
+SECRET_KEY = config.secret_key("DJANGO_SECRET_KEY", debug=DEBUG)
+ALLOWED_HOSTS = config.list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+if not ALLOWED_HOSTS:
+    config.errors.append(
+        f"DJANGO_ALLOWED_HOSTS is not set: {PRODUCTION} needs the host names the service answers to, "
+        "e.g. DJANGO_ALLOWED_HOSTS=payments.example.com."
+    )
+
+# HTTPS behind a TLS-terminating proxy ---------------------------------------
+
+# The header the proxy sets to `https` (e.g. X-Forwarded-Proto); only trust it when the
+# proxy always sets it, overwriting what the client sent.
+SECURE_PROXY_SSL_HEADER = config.proxy_ssl_header("DJANGO_SECURE_PROXY_SSL_HEADER")
+CSRF_TRUSTED_ORIGINS = config.origins("DJANGO_CSRF_TRUSTED_ORIGINS")
+SECURE_SSL_REDIRECT = config.bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+# Probes and scrapes inside the cluster speak plain HTTP to the pod.
+SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = config.bool("DJANGO_SECURE_COOKIES", not DEBUG)
+SECURE_HSTS_SECONDS = config.int("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = config.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = config.bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+if SECURE_SSL_REDIRECT and SECURE_PROXY_SSL_HEADER is None:
+    config.errors.append(
+        "DJANGO_SECURE_SSL_REDIRECT is on but DJANGO_SECURE_PROXY_SSL_HEADER is not set, so every "
+        "request looks like plain HTTP and is redirected forever: set "
+        "DJANGO_SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto (the header your TLS-terminating proxy sets), "
+        "or DJANGO_SECURE_SSL_REDIRECT=false if the proxy redirects to HTTPS itself."
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -91,24 +115,18 @@ DB_ACQUIRE_TIMEOUT_MS = config.int("DB_ACQUIRE_TIMEOUT", 5000, minimum=1, maximu
 DB_POOL_RECYCLE_S = config.int("DB_POOL_RECYCLE", 900, minimum=1)
 DB_LOG_QUERIES = config.bool("DB_LOG_QUERIES", False)
 
-_database = config.database_url("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+# DATABASE_URL, or DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD; neither: SQLite.
+_database = config.database(f"sqlite:///{BASE_DIR / 'db.sqlite3'}", debug=DEBUG)
 DATABASE_IS_POOLED = _database["ENGINE"] == "django.db.backends.mysql"
 if DATABASE_IS_POOLED:
-    _ssl = {
-        key: path
-        for key, path in (
-            ("ca", config.str("DB_SSL_CA")),
-            ("cert", config.str("DB_SSL_CERT")),
-            ("key", config.str("DB_SSL_KEY")),
-        )
-        if path
-    }
     _database.update(
         ENGINE="dj_db_conn_pool.backends.mysql",
         # The pool owns connections; Django hands its connection back at the end
         # of every request (and the charge path hands it back earlier).
         CONN_MAX_AGE=0,
-        OPTIONS={"charset": "utf8mb4", **({"ssl": _ssl} if _ssl else {})},
+        # The URL's query options merged with DB_SSL_*: dj_db_conn_pool opens each pooled
+        # connection through Django's MySQL backend, which passes OPTIONS to MySQLdb.connect.
+        OPTIONS=config.mysql_options(_database.get("OPTIONS", {})),
         POOL_OPTIONS={
             "POOL_SIZE": DB_CONNECTION_LIMIT,
             "MAX_OVERFLOW": DB_MAX_OVERFLOW,
@@ -121,6 +139,9 @@ if DATABASE_IS_POOLED:
     if config.str("DB_TEST_NAME"):
         _database["TEST"] = {"NAME": config.str("DB_TEST_NAME")}
 else:
+    _tls = [name for name in ("DB_SSL_MODE", "DB_SSL_CA", "DB_SSL_CERT", "DB_SSL_KEY") if config.str(name)]
+    if _tls:
+        config.errors.append(f"{', '.join(_tls)} set, but TLS applies to a MySQL database only, not SQLite.")
     # IMMEDIATE: a transaction takes SQLite's write lock when it begins, so two
     # processes that read then write a row queue on the busy timeout instead of one
     # failing with "database is locked" (SQLite ignores SELECT … FOR UPDATE).
@@ -129,6 +150,9 @@ else:
     # connection per thread as they would on MariaDB.
     _database["TEST"] = {"NAME": str(BASE_DIR / f".{config.str('DB_TEST_NAME') or 'test-db'}.sqlite3")}
 DATABASES = {"default": _database}
+# Checked on every new pooled connection (paymentsite.checks): libmariadb's REQUIRED alone
+# would fall back to plain text on a server without TLS.
+DATABASE_REQUIRES_TLS = _database.get("OPTIONS", {}).get("ssl_mode") in ENCRYPTED_SSL_MODES
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Payment provider ---------------------------------------------------------
