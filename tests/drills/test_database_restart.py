@@ -19,14 +19,9 @@ import pytest
 from bench.infra import Gunicorn, PrivateMariaDB, manage, query, reconcile
 from bench.load import Connection, Request, run_load
 from payments.fake_provider import FakeProvider
+from tests.drills.conftest import requires_private_mariadb
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not PrivateMariaDB.available(),
-        reason="needs mariadb-install-db and mariadbd (Debian: mariadb-server) to start a MariaDB of its own",
-    ),
-]
+pytestmark = [pytest.mark.slow, requires_private_mariadb]
 
 DATABASE = "drill"
 CONCURRENCY = 4
