@@ -200,13 +200,6 @@ PAYMENT_BREAKER_RESET_S = config.int("PAYMENT_BREAKER_RESET_S", 30, minimum=1, m
 PAYMENT_MAX_CONCURRENT_CALLS = config.int("PAYMENT_MAX_CONCURRENT_CALLS", 24, minimum=1, maximum=1000)
 # Shows the fake provider's test cards on the payment page (set by `make run`).
 PAYMENT_FAKE_PROVIDER = config.bool("PAYMENT_FAKE_PROVIDER", False)
-PAYMENT_BREAKER_FAILURES = config.int("PAYMENT_BREAKER_FAILURES", 5, minimum=1, maximum=1000)
-PAYMENT_BREAKER_RESET_S = config.int("PAYMENT_BREAKER_RESET_S", 30, minimum=1, maximum=3600)
-# Charges one process may have waiting on the provider at once; more get 503 provider_busy.
-# Keep it below the threads of a gunicorn worker, so /health/ always finds a free thread.
-PAYMENT_MAX_CONCURRENT_CALLS = config.int("PAYMENT_MAX_CONCURRENT_CALLS", 24, minimum=1, maximum=1000)
-# Shows the fake provider's test cards on the payment page (set by `make run`).
-PAYMENT_FAKE_PROVIDER = config.bool("PAYMENT_FAKE_PROVIDER", False)
 
 # Logging and CloudWatch ---------------------------------------------------
 
