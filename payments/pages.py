@@ -16,6 +16,7 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from rest_framework.authtoken.models import Token
 
+from payments import outcomes
 from payments.currencies import MINOR_UNIT_DIGITS
 from payments.services import SUPPORT_GROUP_NAME
 
@@ -66,5 +67,10 @@ def pay(request: HttpRequest) -> HttpResponse:
             "test_cards": TEST_CARDS if settings.PAYMENT_FAKE_PROVIDER else None,
             "health_url": HEALTH_URL,
             "health_poll_ms": _health_poll_ms(request.GET.get("health_poll_ms")),
+            # pay.js picks the payer's message from the one outcome table (payments.outcomes).
+            "outcome_pages": [
+                {"name": a.name, "type": a.error_type, "code": a.code, "page": a.page}
+                for a in outcomes.ANSWERS
+            ],
         },
     )

@@ -1,31 +1,61 @@
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, Route, expect
+from django.core.management import CommandError, call_command
+from playwright.sync_api import Locator, Page, Route, expect
 
+from payments import outcomes, provider
 from payments.fake_provider import FakeProvider
 from payments.models import Transaction
 from tests.browser.conftest import fill_payment, save_screenshot
 from tests.conftest import TEST_API_KEY
+from tests.payments.factories import make_due
 
 pytestmark = pytest.mark.browser
 
-TIMEOUT_MESSAGE = (
-    "The payment provider did not answer in time. You have not been charged twice; "
-    "we are checking the payment. Try again is safe."
-)
 TIMEOUT_WINDOW_S = 1.5
+ACTIONS = ("Try again", "Cancel payment", "New payment")
+PHONE_VIEWPORT = {"width": 375, "height": 812}
+HOLD_MS = 1500
 
 PayPage = Callable[..., Page]
 
 
 def pay(page: Page) -> None:
     page.get_by_role("button", name="Pay", exact=True).click()
+
+
+def page_text(name: str) -> str:
+    """The payer's message for an answer, from the one outcome table the page reads."""
+    return outcomes.answer(name).page
+
+
+def expect_actions(page: Page, *names: str) -> None:
+    """Exactly these outcome buttons are offered."""
+    for name in ACTIONS:
+        button = page.get_by_role("button", name=name, exact=True)
+        if name in names:
+            expect(button).to_be_visible()
+        else:
+            expect(button).to_be_hidden()
+
+
+def expect_being_verified(page: Page, heading: str) -> Locator:
+    """The outcome may be a charge: never "not charged", and no New payment that could charge twice."""
+    outcome = page.locator("#outcome")
+    expect(outcome.get_by_role("heading", name=heading)).to_be_visible()
+    expect(outcome).to_contain_text(page_text("outcome_unknown"))
+    expect(outcome).not_to_contain_text("not been charged")
+    expect_actions(page, "Try again")
+    expect(page.get_by_role("button", name="Try again")).to_be_focused()
+    return outcome
 
 
 def expect_receipt(page: Page, txn: Transaction) -> None:
@@ -70,9 +100,9 @@ def test_declined_card_shows_decline_and_new_payment_uses_a_new_key(
 
     outcome = page.locator("#outcome")
     expect(outcome.get_by_role("heading", name="Card declined")).to_be_visible()
-    expect(outcome).to_contain_text(f"Your card was declined. {reason}")
-    expect(outcome).to_contain_text("You have not been charged.")
-    expect(page.get_by_role("button", name="Try again")).to_be_hidden()
+    expect(outcome).to_contain_text(page_text("declined"))
+    expect(outcome).to_contain_text(reason)
+    expect_actions(page, "New payment")
     declined = Transaction.objects.get()
     assert declined.status == "declined"
 
@@ -88,7 +118,7 @@ def test_declined_card_shows_decline_and_new_payment_uses_a_new_key(
     assert fake_provider.total_charges() == 1
 
 
-def test_timeout_explains_and_try_again_reuses_the_key_and_charges_once(
+def test_timeout_says_being_verified_offers_no_new_payment_and_try_again_charges_once(
     pay_page: PayPage, fake_provider: FakeProvider, settings: Any
 ) -> None:
     settings.PAYMENT_MAX_RETRIES = 0
@@ -98,13 +128,13 @@ def test_timeout_explains_and_try_again_reuses_the_key_and_charges_once(
     sent_at = time.monotonic()
     pay(page)
 
-    outcome = page.locator("#outcome")
-    expect(outcome).to_contain_text(TIMEOUT_MESSAGE)
+    outcome = expect_being_verified(page, "We are checking this payment")
     retry = page.get_by_role("button", name="Try again")
-    expect(retry).to_be_focused()
     txn = Transaction.objects.get()
-    assert (txn.status, txn.error_type) == ("failed", "provider_timeout")
-    save_screenshot(page, "pay-timeout.png")
+    assert (txn.status, txn.error_type, txn.error_code) == ("unknown", "outcome_unknown", "provider_timeout")
+    expect(outcome).to_contain_text(f"Payment reference: {txn.pk}")
+    expect(page.locator(f'#recent-list li[data-transaction-id="{txn.pk}"]')).to_contain_text("Being verified")
+    save_screenshot(page, "pay-verifying.png")
 
     # The fake provider charged at once but holds every answer for this key
     # until its window ends; after that it answers with the charge it made.
@@ -112,11 +142,175 @@ def test_timeout_explains_and_try_again_reuses_the_key_and_charges_once(
     retry.click()
 
     expect_receipt(page, txn)
+    expect_actions(page, "New payment")
     txn.refresh_from_db()
     assert txn.status == "succeeded"
     assert Transaction.objects.count() == 1
     assert fake_provider.request_count(txn.provider_idempotency_key) == 2
     assert fake_provider.charge_count(txn.provider_idempotency_key) == 1
+    assert fake_provider.total_charges() == 1
+
+
+def test_no_answer_from_paymentsite_says_being_verified_without_new_payment(pay_page: PayPage) -> None:
+    page = pay_page()
+    page.route("**/api/v1/charges", lambda route: route.abort("connectionreset"))
+    fill_payment(page, amount="3", card="Visa — succeeds")
+    pay(page)
+
+    expect_being_verified(page, "No answer from Paymentsite")
+
+
+def run_retry_command() -> None:
+    """retry_failed_payments in-process; exit 1 (a row not charged) is an answer, not a crash."""
+    try:
+        call_command("retry_failed_payments", stdout=io.StringIO(), stderr=io.StringIO())
+    except CommandError as exc:
+        assert exc.returncode == 1, exc
+
+
+def pay_and_fail(pay_page: PayPage, fake_provider: FakeProvider, settings: Any, *, amount: str) -> Page:
+    """Pay with a good card while the provider answers 503 to every try: known not charged."""
+    fake_provider.inject_many([{"kind": "status", "status": 503}] * (settings.PAYMENT_MAX_RETRIES + 1))
+    page = pay_page()
+    fill_payment(page, amount=amount, card="Visa — succeeds", description=f"Order for {amount}")
+    pay(page)
+    return page
+
+
+def cancel_and_check_it_is_never_sent(page: Page, fake_provider: FakeProvider, txn: Transaction) -> None:
+    outcome = page.locator("#outcome")
+    page.get_by_role("button", name="Cancel payment").click()
+
+    expect(outcome.get_by_role("heading", name="Payment canceled")).to_be_visible()
+    expect(outcome).to_contain_text(page_text("canceled"))
+    expect(outcome).to_contain_text("nothing will be charged")
+    expect_actions(page, "New payment")
+    expect(page.get_by_role("button", name="New payment")).to_be_focused()
+    txn.refresh_from_db()
+    assert (txn.status, txn.next_retry_at) == ("canceled", None)
+    expect(page.locator(f'#recent-list li[data-transaction-id="{txn.pk}"]')).to_contain_text("Canceled")
+
+    # Were it still failed, this would send it (the provider answers normally again).
+    assert fake_provider.pending_faults() == []
+    requests_before = fake_provider.request_count(txn.provider_idempotency_key)
+    make_due(txn)
+    run_retry_command()
+    txn.refresh_from_db()
+    assert txn.status == "canceled"
+    assert fake_provider.request_count(txn.provider_idempotency_key) == requests_before
+    assert fake_provider.ledger() == {}
+
+
+def test_retry_scheduled_says_when_and_cancel_stops_it_for_good(
+    pay_page: PayPage, fake_provider: FakeProvider, settings: Any
+) -> None:
+    page = pay_and_fail(pay_page, fake_provider, settings, amount="8.25")
+
+    outcome = page.locator("#outcome")
+    expect(outcome.get_by_role("heading", name="The payment will be tried again")).to_be_visible()
+    expect(outcome).to_contain_text(page_text("retry_scheduled"))
+    expect_actions(page, "Try again", "Cancel payment")
+    expect(page.get_by_role("button", name="Try again")).to_be_focused()
+    txn = Transaction.objects.get()
+    assert (txn.status, txn.error_type) == ("failed", "provider_error")
+    assert txn.next_retry_at is not None
+    shown_at = outcome.locator("time").get_attribute("datetime")
+    assert shown_at is not None
+    assert datetime.fromisoformat(shown_at) == txn.next_retry_at
+    expect(outcome.locator("time")).to_have_text(txn.next_retry_at.strftime("%b %-d, %Y, %-I:%M %p"))
+    save_screenshot(page, "pay-retry-scheduled.png")
+
+    cancel_and_check_it_is_never_sent(page, fake_provider, txn)
+    save_screenshot(page, "pay-canceled.png")
+
+
+def test_cancel_refused_once_a_retry_may_have_charged_shows_why_and_try_again_gets_the_charge(
+    pay_page: PayPage, fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_MAX_RETRIES = 0
+    page = pay_and_fail(pay_page, fake_provider, settings, amount="6")
+    outcome = page.locator("#outcome")
+    expect_actions(page, "Try again", "Cancel payment")
+    txn = Transaction.objects.get()
+
+    # While the page shows "will be tried again", the retry command sends it: the provider
+    # charges but answers after our read timeout, so the outcome is unknown.
+    fake_provider.inject({"kind": "hold", "ms": HOLD_MS})
+    make_due(txn)
+    sent_at = time.monotonic()
+    run_retry_command()
+    txn.refresh_from_db()
+    assert (txn.status, fake_provider.charge_count(txn.provider_idempotency_key)) == ("unknown", 1)
+
+    page.get_by_role("button", name="Cancel payment").click()
+
+    expect(outcome.get_by_role("heading", name="The payment was not canceled")).to_be_visible()
+    expect(outcome).to_contain_text(page_text("not_cancelable"))
+    expect(outcome).to_contain_text("the provider may have charged it")
+    expect_actions(page, "Try again")
+    txn.refresh_from_db()
+    assert txn.status == "unknown"
+
+    time.sleep(max(0.0, sent_at + HOLD_MS / 1000 + 0.3 - time.monotonic()))
+    page.get_by_role("button", name="Try again").click()
+    expect(outcome.get_by_role("heading", name="Payment received")).to_be_visible()
+    expect_receipt(page, txn)
+    assert fake_provider.charge_count(txn.provider_idempotency_key) == 1
+    assert fake_provider.total_charges() == 1
+
+
+def test_retry_scheduled_fits_a_375_px_phone_screen(
+    pay_page: PayPage, fake_provider: FakeProvider, settings: Any
+) -> None:
+    page = pay_and_fail(pay_page, fake_provider, settings, amount="1")
+    page.set_viewport_size(PHONE_VIEWPORT)
+
+    expect_actions(page, "Try again", "Cancel payment")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE_VIEWPORT["width"]
+    for name in ("Try again", "Cancel payment"):
+        box = page.get_by_role("button", name=name).bounding_box()
+        assert box is not None
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE_VIEWPORT["width"]
+        assert box["height"] >= 44, "a touch target at least 44 px high"
+
+
+def test_needs_review_offers_only_cancel_then_new_payment(
+    pay_page: PayPage, fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_MAX_ATTEMPTS = 1
+    page = pay_and_fail(pay_page, fake_provider, settings, amount="9")
+
+    outcome = page.locator("#outcome")
+    expect(outcome.get_by_role("heading", name="The payment could not be completed")).to_be_visible()
+    expect(outcome).to_contain_text(page_text("needs_review"))
+    expect_actions(page, "Cancel payment")
+    expect(page.get_by_role("button", name="Cancel payment")).to_be_focused()
+    txn = Transaction.objects.get()
+    assert (txn.status, txn.next_retry_at) == ("failed", None)
+
+    cancel_and_check_it_is_never_sent(page, fake_provider, txn)
+
+
+def test_provider_unavailable_keeps_nothing_and_try_again_charges_once(
+    pay_page: PayPage, fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_BREAKER_FAILURES = 1
+    settings.PAYMENT_BREAKER_RESET_S = 60
+    page = pay_page()
+    provider.get_client().breaker.record_failure()
+    fill_payment(page, amount="4", card="Visa — succeeds")
+    pay(page)
+
+    outcome = page.locator("#outcome")
+    expect(outcome.get_by_role("heading", name="Payments are unavailable right now")).to_be_visible()
+    expect(outcome).to_contain_text(page_text("provider_unavailable"))
+    expect_actions(page, "Try again", "New payment")
+    assert Transaction.objects.count() == 0
+
+    provider.get_client().breaker.reset()
+    page.get_by_role("button", name="Try again").click()
+    expect(outcome.get_by_role("heading", name="Payment received")).to_be_visible()
+    expect_receipt(page, Transaction.objects.get())
     assert fake_provider.total_charges() == 1
 
 

@@ -1,5 +1,6 @@
-// The payment page: charges through POST /api/v1/charges with the session, polls /health/,
-// and lists the user's recent charges. Plain JavaScript, no build step.
+// The payment page: charges through POST /api/v1/charges with the session (and cancels through
+// POST /api/v1/charges/{id}/cancel), polls /health/, and lists the user's recent charges.
+// Plain JavaScript, no build step.
 (() => {
   "use strict";
 
@@ -14,7 +15,9 @@
   const outcome = document.getElementById("outcome");
   const outcomeActions = document.getElementById("outcome-actions");
   const retryButton = document.getElementById("retry-button");
+  const cancelButton = document.getElementById("cancel-button");
   const newPaymentButton = document.getElementById("new-payment-button");
+  const actionButtons = { retry: retryButton, cancel: cancelButton, new: newPaymentButton };
   const amountInput = document.getElementById("amount");
   const currencySelect = document.getElementById("currency");
   const descriptionInput = document.getElementById("description");
@@ -24,6 +27,7 @@
   const recentStatus = document.getElementById("recent-status");
 
   const chargesUrl = form.dataset.chargesUrl;
+  const cancelUrlTemplate = form.dataset.cancelUrl;
   const loginUrl = form.dataset.loginUrl;
   const maxAmount = Number(form.dataset.maxAmount);
   const csrfToken = form.querySelector("input[name=csrfmiddlewaretoken]").value;
@@ -31,9 +35,10 @@
     Array.from(currencySelect.options, (option) => [option.value, Number(option.dataset.digits)]),
   );
 
-  // phase: "form" (editable), "sending", "retryable" (same key may be resent), "done" (start anew).
+  // phase: "form" (editable), "sending", "result" (an answer is shown with its actions), "canceling".
   // attempt: the idempotency key and the exact body sent with it; a key never carries another body.
-  const state = { phase: "form", attempt: null };
+  // transaction: the payment the answer was about (to cancel it). actions: the buttons offered.
+  const state = { phase: "form", attempt: null, transaction: null, actions: [] };
 
   // Money ------------------------------------------------------------------
 
@@ -102,17 +107,25 @@
 
   function render() {
     const sending = state.phase === "sending";
+    const canceling = state.phase === "canceling";
     fields.disabled = state.phase !== "form";
     payButton.disabled = state.phase !== "form";
     payButton.textContent = sending ? "Paying…" : "Pay";
     form.setAttribute("aria-busy", String(sending));
-    outcomeActions.hidden = state.phase === "form" || sending;
-    retryButton.hidden = state.phase !== "retryable";
+    outcomeActions.hidden = !(state.phase === "result" || canceling);
+    outcomeActions.setAttribute("aria-busy", String(canceling));
+    Object.entries(actionButtons).forEach(([action, button]) => {
+      button.hidden = !state.actions.includes(action);
+      button.disabled = canceling;
+    });
+    cancelButton.textContent = canceling ? "Canceling…" : "Cancel payment";
   }
 
   function showOutcome(result) {
     const children = [element("h2", { class: "outcome-title" }, [result.title])];
-    result.lines.forEach((line) => children.push(element("p", {}, Array.isArray(line) ? line : [line])));
+    result.lines.filter((line) => line && line.length).forEach(
+      (line) => children.push(element("p", {}, Array.isArray(line) ? line : [line])),
+    );
     if (result.receipt) children.push(receiptList(result.receipt));
     outcome.className = `outcome outcome-${result.tone}`;
     outcome.replaceChildren(element("div", {}, children));
@@ -152,15 +165,71 @@
   }
 
   // What the API's answer means to the person paying --------------------------
+  //
+  // The words come from the service's one outcome table (payments/outcomes.py, `page` column),
+  // which the page embeds as JSON; this file only decides the heading, the tone and which
+  // actions to offer. "retry" resends the same Idempotency-Key (it never charges twice),
+  // "cancel" stops a payment that was not charged, "new" starts over with a new key. "new" is
+  // never offered while the payment may have been charged or may still be sent by the service:
+  // a second payment could then charge the payer twice.
+
+  const ANSWERS = JSON.parse(document.getElementById("outcome-pages").textContent);
+
+  const VIEWS = {
+    succeeded: { tone: "success", title: "Payment received", actions: ["new"] },
+    declined: { tone: "error", title: "Card declined", actions: ["new"] },
+    rejected: { tone: "error", title: "Card details refused", actions: ["new"] },
+    outcome_unknown: { tone: "warning", title: "We are checking this payment", actions: ["retry"] },
+    retry_scheduled: { tone: "warning", title: "The payment will be tried again", actions: ["retry", "cancel"] },
+    needs_review: { tone: "error", title: "The payment could not be completed", actions: ["cancel"] },
+    provider_unavailable: { tone: "warning", title: "Payments are unavailable right now", actions: ["retry", "new"] },
+    in_progress: { tone: "warning", title: "Still processing", actions: ["retry"] },
+    key_reused: { tone: "error", title: "Payment details changed", actions: ["new"] },
+    canceled: { tone: "neutral", title: "Payment canceled", actions: ["new"] },
+    database_busy: { tone: "warning", title: "Paymentsite is busy", actions: ["retry", "new"] },
+    database_unavailable: { tone: "warning", title: "Paymentsite is busy", actions: ["retry", "new"] },
+    not_cancelable: { tone: "warning", title: "The payment was not canceled", actions: ["retry"] },
+    invalid_request: { tone: "error", title: "Check the payment details", actions: [] },
+    internal_error: { tone: "warning", title: "Something went wrong on our side", actions: ["retry"] },
+  };
 
   const DECLINE_REASONS = {
     insufficient_funds: "The card has insufficient funds.",
     generic_decline: "The card issuer declined the payment.",
   };
 
+  // The table's row for an API error: its exact type and code, else the row whose code names
+  // the cause (`<cause>`), else the row named like the type.
+  function answerNameFor(error) {
+    const match = ANSWERS.find((row) => row.type === error.type && row.code === error.code)
+      || ANSWERS.find((row) => row.type === error.type && row.code === "<cause>")
+      || ANSWERS.find((row) => row.type === error.type && row.name === error.type);
+    return match ? match.name : null;
+  }
+
+  function pageText(name) {
+    const row = ANSWERS.find((candidate) => candidate.name === name);
+    return row ? row.page : "";
+  }
+
+  function view(name, details, extra) {
+    return { name, ...VIEWS[name], lines: [pageText(name), ...(details || [])], ...(extra || {}) };
+  }
+
   function retryAfterText(response) {
     const seconds = Number(response.headers.get("Retry-After"));
-    return seconds > 0 ? `Try again in ${seconds} second${seconds === 1 ? "" : "s"}.` : "Try again in a moment.";
+    return seconds > 0 ? `Try again in ${seconds} second${seconds === 1 ? "" : "s"}.` : "";
+  }
+
+  function localTime(iso) {
+    const when = new Date(iso);
+    if (!iso || Number.isNaN(when.getTime())) return null;
+    const text = when.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+    return element("time", { datetime: iso }, [text]);
+  }
+
+  function referenceLine(txn) {
+    return txn && txn.id ? `Payment reference: ${txn.id}` : "";
   }
 
   function loginLink() {
@@ -169,102 +238,81 @@
 
   function describe(response, body) {
     if (!response) {
-      return {
-        tone: "warning", next: "retryable", title: "No answer from Paymentsite",
-        lines: ["We could not reach Paymentsite, so we do not know yet whether the payment went through. "
-          + "You will not be charged twice: Try again is safe."],
-      };
+      // The request may have reached Paymentsite, and the provider: the outcome is unknown.
+      return view("outcome_unknown", [], { title: "No answer from Paymentsite" });
     }
     if (response.status === 201 && body && body.status === "succeeded") {
-      return {
-        tone: "success", next: "done", title: "Payment received",
+      return view("succeeded", [], {
         lines: [`Thank you. ${formatMinor(body.amount, body.currency)} was charged to your card.`],
         receipt: body,
-      };
+        transaction: body,
+      });
     }
     const error = (body && body.error) || {};
-    switch (error.type) {
-      case "card_error":
-        return {
-          tone: "error", next: "done", title: "Card declined",
-          lines: [`Your card was declined. ${DECLINE_REASONS[error.decline_code] || error.message || ""}`.trim(),
-            "You have not been charged. Start a new payment with another card, or ask your card issuer."],
-        };
-      case "provider_timeout":
-        return {
-          tone: "warning", next: "retryable", title: "We are checking the payment",
-          lines: ["The payment provider did not answer in time. You have not been charged twice; "
-            + "we are checking the payment. Try again is safe."],
-        };
-      case "provider_error":
-      case "provider_connection_error":
-        return {
-          tone: "warning", next: "retryable", title: "The payment did not go through",
-          lines: [error.type === "provider_error"
-            ? "The payment provider had an error and did not complete the payment."
-            : "We could not reach the payment provider.",
-          "You have not been charged. Try again is safe: this payment can never be charged twice."],
-        };
-      case "provider_unavailable":
-        return {
-          tone: "warning", next: "retryable", title: "Payments are unavailable right now",
-          lines: ["The payment provider is not responding, so we did not send your payment. "
-            + "You have not been charged.", retryAfterText(response)],
-        };
-      case "database_busy":
-        return {
-          tone: "warning", next: "retryable", title: "Paymentsite is busy",
-          lines: ["We could not start the payment because the service is busy. You have not been charged.",
-            retryAfterText(response)],
-        };
-      case "idempotency_error":
-        if (error.code === "request_in_progress") {
-          return {
-            tone: "warning", next: "retryable", title: "Still processing",
-            lines: ["This payment is still being processed. You will not be charged twice. "
-              + "Do not start a new payment: Try again in a few seconds to see the result."],
-          };
-        }
-        return {
-          tone: "error", next: "done", title: "Payment details changed",
-          lines: ["This payment was already sent with different details, so it was not sent again. "
-            + "Check your recent payments before you start a new payment."],
-        };
-      case "charge_canceled":
-        return {
-          tone: "error", next: "done", title: "Payment canceled",
-          lines: ["Our support team canceled this payment. You have not been charged. "
-            + "Start a new payment if you still want to pay."],
-        };
-      case "invalid_request":
-        return {
-          tone: "error", next: "form", title: "Check the payment details",
-          lines: ["Nothing was charged.", ...Object.entries(error.fields || {}).map(
-            ([name, messages]) => `${name}: ${[].concat(messages).join(" ")}`,
-          )],
-          fields: error.fields || {},
-        };
-      case "authentication_error":
-      case "permission_error":
-        return {
-          tone: "error", next: "done", title: "You are signed out",
-          lines: ["Your session has ended, so the payment was not sent. You have not been charged.",
-            [loginLink(), ", then pay again."]],
-        };
-      default:
-        break;
+    const txn = (body && body.transaction) || null;
+    let name = answerNameFor(error);
+    if (name === "retry_scheduled" && !(txn && txn.next_step && txn.next_step.action === "retry")) {
+      name = "needs_review"; // not charged, and nothing will send it again
     }
-    if (response.status >= 500) {
+    switch (name) {
+      case "declined":
+        return view(name, [DECLINE_REASONS[error.decline_code] || ""], { transaction: txn });
+      case "retry_scheduled": {
+        const at = localTime(txn.next_step.at || txn.next_retry_at);
+        return view(name, [at ? ["Next automatic try: ", at, "."] : "", referenceLine(txn)], { transaction: txn });
+      }
+      case "outcome_unknown":
+      case "needs_review":
+      case "internal_error":
+        return view(name, [referenceLine(txn)], { transaction: txn });
+      case "in_progress":
+      case "provider_unavailable":
+      case "database_busy":
+      case "database_unavailable":
+        return view(name, [retryAfterText(response)], { transaction: txn });
+      case "invalid_request":
+        return view(name, Object.entries(error.fields || {}).map(
+          ([field, messages]) => `${field}: ${[].concat(messages).join(" ")}`,
+        ), { next: "form", fields: error.fields || {} });
+      case null:
+        break;
+      default:
+        return view(name, [], { transaction: txn });
+    }
+    if (error.type === "authentication_error" || error.type === "permission_error") {
       return {
-        tone: "warning", next: "retryable", title: "Something went wrong on our side",
-        lines: ["We do not know yet whether the payment went through. "
-          + "You will not be charged twice: Try again is safe."],
+        tone: "error", title: "You are signed out", actions: ["new"],
+        lines: ["Your session has ended, so the payment was not sent. You have not been charged.",
+          [loginLink(), ", then pay again."]],
       };
     }
+    if (response.status >= 500 || !body) {
+      // An answer the service did not write (a proxy's page, say): the outcome is unknown.
+      return view("internal_error");
+    }
     return {
-      tone: "error", next: "done", title: "The payment was refused",
-      lines: [`${error.message || `The request was refused (HTTP ${response.status}).`} You have not been charged.`,
-        "Start a new payment; contact support if this happens again."],
+      tone: "error", title: "The payment was refused", actions: error.retryable ? ["retry", "new"] : ["new"],
+      lines: [`${error.message || `The request was refused (HTTP ${response.status}).`} You have not been charged.`],
+    };
+  }
+
+  // What a cancel's answer means: canceled, refused (with the reason), or not known.
+  function describeCancel(response, body) {
+    if (response && response.ok && body && body.status === "canceled") {
+      return view("canceled", ["It will never be sent again, so nothing will be charged.", referenceLine(body)], {
+        transaction: body,
+      });
+    }
+    const error = (body && body.error) || {};
+    if (response && answerNameFor(error) === "not_cancelable") {
+      return view("not_cancelable", [error.message || ""], { transaction: body.transaction });
+    }
+    const signedOut = error.type === "authentication_error" || error.type === "permission_error";
+    return {
+      tone: "warning", title: "The payment was not canceled", actions: ["retry", "cancel"],
+      lines: ["We could not confirm that the payment was canceled. Cancel payment again, or Try again.",
+        signedOut ? [loginLink(), " first: your session has ended."] : error.message || "",
+        referenceLine(state.transaction)],
     };
   }
 
@@ -294,20 +342,16 @@
     if (first) first.focus();
   }
 
-  async function post(attempt) {
+  // The API with the session: the CSRF token, JSON, and a time limit. No answer is { response: null }.
+  async function postJson(url, headers, payload) {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
     try {
-      const response = await fetch(chargesUrl, {
+      const response = await fetch(url, {
         method: "POST",
         credentials: "same-origin",
-        headers: {
-          "Content-Type": "application/json",
-          Accept: "application/json",
-          "X-CSRFToken": csrfToken,
-          "Idempotency-Key": attempt.key,
-        },
-        body: JSON.stringify(attempt.body),
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": csrfToken, ...headers },
+        body: payload === undefined ? undefined : JSON.stringify(payload),
         signal: controller.signal,
       });
       const body = await response.json().catch(() => null);
@@ -319,16 +363,11 @@
     }
   }
 
-  async function send(attempt) {
-    if (state.phase === "sending") return;
-    state.phase = "sending";
-    state.attempt = attempt;
-    render();
-    showOutcome({ tone: "pending", title: "Processing your payment…", lines: ["Please keep this page open."] });
-    const { response, body } = await post(attempt);
-    const result = describe(response, body);
-    state.phase = result.next;
-    if (result.next === "form") state.attempt = null;
+  function showResult(result) {
+    state.phase = result.next || "result";
+    state.actions = result.actions || [];
+    if (result.transaction) state.transaction = result.transaction;
+    if (state.phase === "form") state.attempt = null;
     render();
     showOutcome(result);
     if (result.fields) {
@@ -336,10 +375,29 @@
         name, [].concat(messages).join(" "),
       ));
       (shown.length ? document.getElementById(shown[0][0]) : amountInput).focus();
-    } else {
-      (result.next === "retryable" ? retryButton : newPaymentButton).focus();
+    } else if (state.actions.length) {
+      actionButtons[state.actions[0]].focus();
     }
     refreshRecent();
+  }
+
+  async function send(attempt) {
+    if (state.phase === "sending" || state.phase === "canceling") return;
+    state.phase = "sending";
+    state.attempt = attempt;
+    render();
+    showOutcome({ tone: "pending", title: "Processing your payment…", lines: ["Please keep this page open."] });
+    const { response, body } = await postJson(chargesUrl, { "Idempotency-Key": attempt.key }, attempt.body);
+    showResult(describe(response, body));
+  }
+
+  async function cancelPayment() {
+    if (state.phase !== "result" || !state.transaction) return;
+    state.phase = "canceling";
+    render();
+    const url = cancelUrlTemplate.replace("TRANSACTION_ID", encodeURIComponent(state.transaction.id));
+    const { response, body } = await postJson(url, {});
+    showResult(describeCancel(response, body));
   }
 
   form.addEventListener("submit", (event) => {
@@ -350,17 +408,24 @@
       showInvalid(read.errors);
       return;
     }
+    state.transaction = null;
     send({ key: newIdempotencyKey(), body: read.body });
   });
 
   retryButton.addEventListener("click", () => {
-    if (state.phase === "retryable" && state.attempt) send(state.attempt);
+    if (state.phase === "result" && state.actions.includes("retry") && state.attempt) send(state.attempt);
+  });
+
+  cancelButton.addEventListener("click", () => {
+    if (state.actions.includes("cancel")) cancelPayment();
   });
 
   newPaymentButton.addEventListener("click", () => {
-    if (state.phase === "sending") return;
+    if (state.phase !== "result" || !state.actions.includes("new")) return;
     state.phase = "form";
     state.attempt = null;
+    state.transaction = null;
+    state.actions = [];
     outcome.replaceChildren();
     outcome.className = "outcome";
     clearFieldErrors();
@@ -373,8 +438,9 @@
   const STATUS_LABELS = {
     succeeded: "Succeeded",
     declined: "Declined",
-    failed: "Not completed",
+    failed: "Not charged",
     pending: "Processing",
+    unknown: "Being verified",
     canceled: "Canceled",
   };
 
