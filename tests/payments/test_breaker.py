@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -7,14 +9,18 @@ from typing import Any
 
 import pytest
 import requests
+from django.core.management import call_command
 from django.test import Client
 from rest_framework.test import APIClient
 
-from payments import provider
+from payments import failpoints, provider
 from payments.fake_provider import FakeProvider
 from payments.models import Transaction
+from tests.conftest import TEST_API_KEY
 
 CHARGE = {"amount": 1999, "currency": "USD", "source": "tok_visa"}
+# /health/ shows its detail (the breaker's state) to an operator sending METRICS_TOKEN.
+OPERATOR_TOKEN = "breaker-tests-operator-token-0123"
 
 
 def charge(api: APIClient, key: str, source: str = "tok_visa") -> Any:
@@ -22,20 +28,35 @@ def charge(api: APIClient, key: str, source: str = "tok_visa") -> Any:
 
 
 def circuit(client: Client) -> dict[str, Any]:
-    return client.get("/health/").json()["checks"]["payment-provider:circuit"][0]
+    response = client.get("/health/", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    return response.json()["checks"]["payment-provider:circuit"][0]
+
+
+def assert_refused_writing_nothing(response: Any, code: str) -> None:
+    assert response.status_code == 503
+    body = response.json()
+    assert (body["error"]["type"], body["error"]["code"]) == ("provider_unavailable", code)
+    assert body["error"]["retryable"] is True and body["error"]["request_id"]
+    assert body["transaction"] is None
+    assert int(response["Retry-After"]) >= 1
 
 
 @pytest.fixture
 def breaker_settings(settings: Any) -> Any:
+    settings.METRICS_TOKEN = OPERATOR_TOKEN
     settings.PAYMENT_BREAKER_FAILURES = 3
     settings.PAYMENT_BREAKER_RESET_S = 1
     settings.PAYMENT_MAX_RETRIES = 0
     return settings
 
 
+# What the caller is told for each failing test card: not charged (retry scheduled), or unknown.
+FAILURE_STATUS = {"tok_error": 502, "tok_timeout": 504}
+
+
 def open_breaker(api: APIClient, source: str = "tok_error", failures: int = 3) -> None:
     for number in range(failures):
-        assert charge(api, f"failing-{number}", source).status_code in (502, 504)
+        assert charge(api, f"failing-{number}", source).status_code == FAILURE_STATUS[source]
 
 
 @pytest.mark.parametrize("failing_source", ["tok_error", "tok_timeout"])
@@ -44,20 +65,55 @@ def test_breaker_opens_after_n_failures_and_rejects_with_503_writing_nothing(
 ) -> None:
     breaker_settings.PAYMENT_BREAKER_RESET_S = 30
     open_breaker(api, failing_source)
-    rows_before = Transaction.objects.count()
+    rows_before = set(Transaction.objects.values_list("pk", "status", "updated_at"))
     charges_before = fake_provider.total_charges()
 
     rejected = charge(api, "while-open")
 
-    assert rejected.status_code == 503
+    assert_refused_writing_nothing(rejected, "circuit_open")
     assert 1 <= int(rejected["Retry-After"]) <= 30
-    body = rejected.json()
-    assert (body["error"]["type"], body["error"]["retryable"]) == ("provider_unavailable", True)
-    assert body["transaction"] is None
-    assert Transaction.objects.count() == rows_before, "nothing is recorded while the circuit is open"
+    assert set(Transaction.objects.values_list("pk", "status", "updated_at")) == rows_before, (
+        "nothing is recorded while the circuit is open"
+    )
+    assert not Transaction.objects.filter(idempotency_key="while-open").exists()
     assert fake_provider.total_charges() == charges_before
     state = circuit(client)
     assert (state["status"], state["observedValue"], state["consecutive_failures"]) == ("fail", "open", 3)
+
+
+def test_health_shows_the_breaker_only_to_an_operator(
+    client: Client, breaker_settings: Any, transactional_db: None
+) -> None:
+    anonymous = client.get("/health/")
+    wrong = client.get("/health/", headers={"Authorization": "Bearer not-the-operator-token"})
+
+    assert "checks" not in anonymous.json()
+    assert wrong.status_code == 401
+    assert circuit(client)["observedValue"] == "closed"
+
+
+def test_breaker_opening_between_the_pre_check_and_the_call_writes_nothing(
+    api: APIClient, breaker_settings: Any, fake_provider: FakeProvider
+) -> None:
+    """Another request's failure opens the breaker after this one passed the pre-check: it is
+    refused at the call, and no row is left that retry_failed_payments would charge later."""
+    breaker = provider.get_client().breaker
+
+    def others_fail() -> None:
+        for _ in range(breaker_settings.PAYMENT_BREAKER_FAILURES):
+            breaker.record_failure()
+
+    with failpoints.armed("charge.before_call", failpoints.once(others_fail)):
+        refused = charge(api, "raced")
+
+    assert_refused_writing_nothing(refused, "circuit_open")
+    assert Transaction.objects.count() == 0
+    assert fake_provider.total_charges() == 0
+    breaker.reset()  # the provider is back
+    stdout = io.StringIO()
+    call_command("retry_failed_payments", "--json", stdout=stdout, stderr=io.StringIO())
+    assert json.loads(stdout.getvalue())["total"] == 0
+    assert fake_provider.total_charges() == 0
 
 
 def test_breaker_half_opens_after_reset_time_and_closes_on_success(
@@ -96,13 +152,41 @@ def test_declines_never_open_the_breaker(api: APIClient, breaker_settings: Any) 
     assert provider.get_client().breaker.snapshot().state == "closed"
 
 
-def test_provider_4xx_answers_never_open_the_breaker(api: APIClient, breaker_settings: Any) -> None:
+def test_provider_4xx_answers_never_open_the_breaker(
+    api: APIClient, breaker_settings: Any, fake_provider: FakeProvider
+) -> None:
     breaker_settings.PAYMENT_API_KEY = "sk_wrong_key"
     for number in range(4):
-        assert charge(api, f"unauthorized-{number}").status_code == 502
+        assert_refused_writing_nothing(charge(api, f"unauthorized-{number}"), "provider_misconfigured")
 
     snapshot = provider.get_client().breaker.snapshot()
     assert (snapshot.state, snapshot.consecutive_failures, snapshot.opened_total) == ("closed", 0, 0)
+    assert Transaction.objects.count() == 0, "a charge refused for our credentials is not kept"
+    breaker_settings.PAYMENT_API_KEY = TEST_API_KEY
+    assert charge(api, "unauthorized-0").status_code == 201, "the same key works once the key is fixed"
+    assert fake_provider.total_charges() == 1
+
+
+def test_a_recursion_error_in_the_trial_answer_does_not_keep_the_breaker_half_open(
+    api: APIClient, client: Client, breaker_settings: Any, fake_provider: FakeProvider
+) -> None:
+    open_breaker(api)
+    time.sleep(breaker_settings.PAYMENT_BREAKER_RESET_S + 0.1)
+    fake_provider.inject({"kind": "garbage", "variant": "deep_json"})  # [ × 50 000: RecursionError
+
+    trial = charge(api, "deep-answer")
+
+    assert trial.status_code == 504, trial.content[:300]
+    error = trial.json()["error"]
+    assert (error["type"], error["code"]) == ("outcome_unknown", "unusable_answer")
+    row = Transaction.objects.get(idempotency_key="deep-answer")
+    assert row.status == Transaction.Status.UNKNOWN
+    assert fake_provider.charge_count(row.provider_idempotency_key) == 1, "the provider did charge it"
+    snapshot = provider.get_client().breaker.snapshot()
+    assert (snapshot.state, snapshot.opened_total) == ("open", 2), "the failed trial reopens it"
+    time.sleep(breaker_settings.PAYMENT_BREAKER_RESET_S + 0.1)
+    assert charge(api, "after-deep-answer").status_code == 201, "the next trial is let through"
+    assert circuit(client)["observedValue"] == "closed"
 
 
 def test_calls_beyond_the_bulkhead_are_refused_at_once_writing_nothing(
