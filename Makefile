@@ -1,4 +1,4 @@
-.PHONY: run test lint format bootstrap bench fuzz lock
+.PHONY: run test lint format bootstrap bench fuzz soak lock
 
 # Runs the service on SQLite with the fake provider; Ctrl-C stops everything.
 run:
@@ -42,3 +42,11 @@ fuzz:
 	@scripts/bootstrap.sh --dev
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-300} DB_TEST_NAME=$${DB_TEST_NAME:-test_fuzz} \
 		.venv/bin/python -m pytest tests/test_fuzz_api.py $(PYTEST_ARGS)
+
+# The exactly-once model test (tests/payments/test_model.py) for longer, with a random seed
+# (MODEL_SEED=N repeats a run); prints the seed, steps, faults injected and violations.
+soak:
+	@scripts/bootstrap.sh --dev
+	MODEL_SEED=$${MODEL_SEED:-$$(shuf -i 1-1000000000 -n 1)} MODEL_MAX_EXAMPLES=$${SOAK_EXAMPLES:-200} \
+		MODEL_STEPS=$${SOAK_STEPS:-20} DB_TEST_NAME=$${DB_TEST_NAME:-test_soak} \
+		.venv/bin/python -m pytest tests/payments/test_model.py -s -q $(PYTEST_ARGS)

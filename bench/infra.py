@@ -306,9 +306,21 @@ def manage(*args: str, env: Mapping[str, str], timeout_s: float = 120.0) -> subp
     )
 
 
-def reconcile(*, env: Mapping[str, str], stale_after: str = "1s") -> dict[str, Any]:
-    """Run reconcile_payments and return its JSON summary."""
-    done = manage("reconcile_payments", "--stale-after", stale_after, "--json", env=env)
+def reconcile(*, env: Mapping[str, str], after_s: int = 1) -> dict[str, Any]:
+    """Run reconcile_payments and return its JSON summary.
+
+    A drill knows that no provider call is still in flight (its workers were killed or its
+    charges answered), so it may shorten the in-flight window to `after_s`; the command only
+    accepts a window longer than its slowest possible charge, hence the short timeouts here
+    (they apply to this process's lookups only).
+    """
+    window = {
+        "PAYMENT_RECONCILE_AFTER_S": str(after_s),
+        "PAYMENT_DEADLINE_MS": "200",
+        "PAYMENT_CONNECT_TIMEOUT_MS": "200",
+        "PAYMENT_TIMEOUT_MS": str(max(1, after_s * 1000 - 500)),
+    }
+    done = manage("reconcile_payments", "--json", env={**env, **window})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -271,7 +271,7 @@ def provider_hang(bench: Bench) -> Figures:
     health_ms = [s.latency_s * 1000 for s in health if s.status]
     timed_out = charges.with_status(504, 502)
     # The timed-out charges were made by the provider: reconciliation must find every one.
-    summary = reconcile(env=bench.env(), stale_after="1s")
+    summary = reconcile(env=bench.env(), after_s=1)
     keys = [s.request.tag for s in timed_out]
     settled = _statuses_by_key(bench, keys)
     return {
@@ -327,8 +327,8 @@ def killed_worker(bench: Bench, in_flight: int = 4) -> Figures:
         _wait_for(lambda: not killed & set(server.worker_pids()), timeout_s=30)
         server.wait_for_workers()
         respawn_s = time.monotonic() - killed_at
-        time.sleep(1.2)  # older than --stale-after 1s
-        summary = reconcile(env=bench.env(), stale_after="1s")
+        time.sleep(1.2)  # older than the 1 s in-flight window
+        summary = reconcile(env=bench.env(), after_s=1)
         settled = _statuses_by_key(bench, keys)
         ledger = bench.provider.ledger()
         provider_keys = dict(
@@ -408,8 +408,8 @@ def database_restart(
             )
             restarter.join()
             failed = [s for s in orders.samples if s.status != 201]
-            time.sleep(1.2)  # older than --stale-after 1s
-            summary = reconcile(env=env, stale_after="1s")
+            time.sleep(1.2)  # older than the 1 s in-flight window
+            summary = reconcile(env=env, after_s=1)
             # A client retries each failed order once, with the same Idempotency-Key.
             retry = Connection(server.url)
             retried = [retry.send(s.request)[0] for s in failed]

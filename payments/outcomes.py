@@ -204,7 +204,7 @@ ANSWERS: tuple[Answer, ...] = (
         charged=NO,
         next_step="Nothing: final, never sent again.",
         message="This payment was canceled and will not be charged.",
-        page="This payment was canceled. You have not been charged.",
+        page="This payment was canceled. You have not been charged, and it will never be sent again.",
     ),
     Answer(
         name="database_busy",

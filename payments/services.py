@@ -770,6 +770,8 @@ def _call_provider_for_claim(
         release_db_connection()
         client = provider.get_client()
         called = True
+        if kind == "charge":
+            claimed.charge_sent = True  # from here on, the provider may have charged it
         return call(client)
     except BaseException:
         if called and kind == "charge":
@@ -810,7 +812,10 @@ def _isolated(claimed: Transaction, actor: str, work: Callable[..., ActionResult
         )
         reason = f"{actor} hit an error ({type(exc).__name__}); see the log"
         current = Transaction.objects.filter(pk=claimed.pk).values_list("status", flat=True).first()
-        if current == Status.PENDING:
+        if current == Status.PENDING and getattr(claimed, "charge_sent", False):
+            _mark_interrupted(claimed)  # the charge may have been made: unknown, never "failed"
+            Transaction.objects.filter(pk=claimed.pk).update(review_reason=reason)
+        elif current == Status.PENDING:
             _put_back(claimed, review_reason=reason)
         else:
             Transaction.objects.filter(pk=claimed.pk).update(review_reason=reason)

@@ -189,7 +189,7 @@ PAYMENT_RECONCILE_AFTER_S = config.int(
 )
 if PAYMENT_RECONCILE_AFTER_S <= PAYMENT_SLOWEST_CHARGE_S:
     config.errors.append(
-        f"PAYMENT_RECONCILE_AFTER_S={PAYMENT_RECONCILE_AFTER_S!r} is invalid: expected more than the "
+        f"PAYMENT_RECONCILE_AFTER_S={str(PAYMENT_RECONCILE_AFTER_S)!r} is invalid: expected more than the "
         f"slowest possible charge, PAYMENT_DEADLINE_MS + PAYMENT_CONNECT_TIMEOUT_MS + PAYMENT_TIMEOUT_MS "
         f"= {PAYMENT_SLOWEST_CHARGE_S:g} s, or leave it unset for that + 60 s."
     )

@@ -65,8 +65,8 @@ def test_database_restart_mid_load_loses_no_charge_and_charges_none_twice(
             )
             restarter.join()
             failed = [s for s in orders.samples if s.status != 201]
-            time.sleep(1.1)  # older than --stale-after 1s
-            reconcile(env=env, stale_after="1s")
+            time.sleep(1.1)  # older than the 1 s in-flight window
+            reconcile(env=env, after_s=1)
             retry = Connection(server.url)
             retried = [retry.send(s.request)[0] for s in failed]
             retry.close()

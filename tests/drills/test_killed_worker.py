@@ -67,8 +67,8 @@ def test_charge_cut_off_by_a_killed_worker_is_settled_by_reconcile_payments_once
         assert statuses == [0], "the client's connection was cut"
         assert txn.status == Transaction.Status.PENDING
 
-        time.sleep(1.1)  # older than --stale-after 1s
-        summary = reconcile(env=env, stale_after="1s")
+        time.sleep(1.1)  # older than the 1 s in-flight window
+        summary = reconcile(env=env, after_s=1)
         txn.refresh_from_db()
         replay_status, _ = Connection(server.url).send(request)
 

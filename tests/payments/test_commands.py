@@ -312,12 +312,6 @@ def test_one_row_that_raises_is_flagged_for_review_and_the_batch_goes_on(
     assert Transaction.objects.get(pk=second.pk).status == Status.SUCCEEDED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services._isolated puts a row back to its claimed status (failed) when an error follows "
-    "the retry's charge call; the provider may have charged it, so it must be unknown, not failed "
-    "(cancelable)",
-)
 def test_an_error_after_a_retry_charge_was_sent_leaves_the_row_unknown_not_failed(
     fake_provider: FakeProvider,
 ) -> None:
