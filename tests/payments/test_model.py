@@ -349,10 +349,6 @@ def settings_for_run() -> settings:
 
 
 def _run() -> None:
-    if SEED is None:
-        run_state_machine_as_test(PaymentsMachine, settings=settings_for_run())
-        return
     # make soak: a random seed, printed so that a failing run can be repeated exactly.
-    PaymentsMachine.TestCase.settings = settings_for_run()
-    test = seed(int(SEED))(PaymentsMachine.TestCase().runTest)
-    test()
+    factory = PaymentsMachine if SEED is None else seed(int(SEED))(PaymentsMachine)
+    run_state_machine_as_test(factory, settings=settings_for_run())
