@@ -49,6 +49,15 @@ pids=()
 cleanup() {
   trap - INT TERM EXIT
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # At most 5 s, then SIGKILL: a Python process can miss a signal that lands on one of
+  # its other threads while its main thread sleeps.
+  for _ in $(seq 1 50); do
+    running=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && running=1; done
+    (( running )) || break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   echo "Stopped."
 }

@@ -1,0 +1,224 @@
+"""The README's runnable shell blocks, in order, against a fresh clone of HEAD.
+
+The convention (README, "Tests"): a ```sh block right after `<!-- runnable -->` runs
+with `bash -euo pipefail` in the clone and must exit 0. After `<!-- runnable: until
+Ctrl-C -->` its one command runs in the background with unusual free ports in `HOST`,
+`PORT` and `PROVIDER_PORT` until it prints "Press Ctrl-C to stop."; then every `curl`
+line it printed must charge, and Ctrl-C (SIGINT to its process group, as a terminal
+sends it) must stop it and everything it started.
+
+The clone gets a `.venv` of its own whose directories are links to this checkout's:
+a fresh `scripts/bootstrap.sh --dev` takes over a minute and fills 650 MB.
+Its install stamps are written only when the installed packages satisfy the clone's
+requirements, so `bootstrap.sh` in the clone finds nothing to install.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from packaging.requirements import Requirement
+
+REPO = Path(settings.BASE_DIR)
+BLOCK = re.compile(r"^<!-- runnable(?P<until>: until Ctrl-C)? -->\n```sh\n(?P<body>.*?)^```$", re.M | re.S)
+BANNER_END = "Press Ctrl-C to stop."
+BLOCK_TIMEOUT_S = 120
+START_TIMEOUT_S = 90
+STOP_TIMEOUT_S = 30
+# What a newcomer's shell has; nothing of the test run's own configuration (DATABASE_URL, PAYMENT_…).
+NEWCOMER_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "SHELL")
+
+
+@dataclass(frozen=True)
+class Block:
+    body: str
+    until_ctrl_c: bool
+
+
+def runnable_blocks(readme: str) -> list[Block]:
+    return [Block(match["body"], bool(match["until"])) for match in BLOCK.finditer(readme)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def unsatisfied(requirements_file: Path) -> list[str]:
+    """Requirements (following `-r`) that this virtual environment does not satisfy."""
+    missing: list[str] = []
+    for raw in requirements_file.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r"):
+            missing += unsatisfied(requirements_file.parent / line[2:].strip())
+        elif line:
+            requirement = Requirement(line)
+            if requirement.marker and not requirement.marker.evaluate():
+                continue
+            try:
+                installed = metadata.version(requirement.name)
+            except metadata.PackageNotFoundError:
+                installed = None
+            if installed is None or not requirement.specifier.contains(installed, prereleases=True):
+                missing.append(f"{line} (installed: {installed})")
+    return missing
+
+
+def link_virtualenv(clone: Path) -> None:
+    missing = unsatisfied(clone / "requirements-dev.txt")
+    if missing:
+        pytest.skip(f"run scripts/bootstrap.sh --dev: .venv lacks HEAD's {', '.join(missing)}")
+    venv = clone / ".venv"
+    venv.mkdir()
+    shutil.copy(REPO / ".venv" / "pyvenv.cfg", venv / "pyvenv.cfg")
+    for name in ("bin", "include", "lib", "lib64", "share"):
+        if (REPO / ".venv" / name).exists():
+            (venv / name).symlink_to(REPO / ".venv" / name)
+    # The stamps scripts/bootstrap.sh looks for: `cat requirements.txt $file | sha256sum | cut -c1-16`.
+    runtime = (clone / "requirements.txt").read_bytes()
+    for extra in ("requirements.txt", "requirements-dev.txt"):
+        digest = hashlib.sha256(runtime + (clone / extra).read_bytes()).hexdigest()[:16]
+        (venv / f".installed-{digest}").touch()
+
+
+@pytest.fixture
+def clone(tmp_path: Path) -> Path:
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: nothing to clone")
+    checkout = tmp_path / "paymentsite"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(checkout)], check=True, timeout=60)
+    link_virtualenv(checkout)
+    return checkout
+
+
+def live_members(group: int) -> list[str]:
+    """Processes of a process group that are still running (zombies waiting for init do not count)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid_and_name, _, rest = stat.read_text().rpartition(")")
+        except OSError:
+            continue
+        state, _parent, process_group = rest.split()[:3]
+        if int(process_group) == group and state != "Z":
+            alive.append(pid_and_name)
+    return alive
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    output: Path
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def wait_for_banner(self) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while BANNER_END not in self.text():
+            assert self.process.poll() is None, f"it stopped with {self.process.returncode}:\n{self.text()}"
+            assert time.monotonic() < deadline, f"no banner after {START_TIMEOUT_S} s:\n{self.text()}"
+            time.sleep(0.5)
+        return self.text()
+
+    def ctrl_c(self) -> None:
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            left = live_members(self.process.pid)
+            pytest.fail(f"still running {STOP_TIMEOUT_S} s after Ctrl-C: {left}\n{self.text()}")
+
+
+StartServer = Callable[[str, Path, dict[str, str]], Server]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    started: list[Server] = []
+
+    def start(command: str, cwd: Path, env: dict[str, str]) -> Server:
+        output = tmp_path / f"server-{len(started)}.log"
+        with output.open("w") as sink:
+            process = subprocess.Popen(
+                ["bash", "-c", command],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,  # its own process group, as a terminal's job
+            )
+        server = Server(process, output)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if live_members(server.process.pid):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def run_block(body: str, cwd: Path, env: dict[str, str]) -> None:
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", body],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=BLOCK_TIMEOUT_S,
+    )
+    assert result.returncode == 0, f"{body}\nexit {result.returncode}\n{result.stdout}\n{result.stderr}"
+
+
+def smoke_until_ctrl_c(server: Server, cwd: Path, env: dict[str, str]) -> None:
+    banner = server.wait_for_banner()
+    assert f"Paymentsite is running at http://127.0.0.1:{env['PORT']}/" in banner
+    charges = [line.strip() for line in banner.splitlines() if line.strip().startswith("curl ")]
+    assert charges, banner
+    for charge in charges:
+        answer = subprocess.run(
+            ["bash", "-c", charge], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert json.loads(answer.stdout)["status"] == "succeeded", (charge, answer.stdout, answer.stderr)
+
+    server.ctrl_c()
+    assert "Stopped." in server.text()
+    assert live_members(server.process.pid) == [], server.text()
+    for port in (env["PORT"], env["PROVIDER_PORT"]):  # nobody listens there any more
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the charges' TIME_WAIT
+            probe.bind(("127.0.0.1", int(port)))
+
+
+@pytest.mark.slow
+def test_readme_runnable_blocks_work_on_a_fresh_clone(clone: Path, start_server: StartServer) -> None:
+    blocks = runnable_blocks((clone / "README.md").read_text())
+    assert any(block.until_ctrl_c for block in blocks), "the Quick start's `make run` block is not marked"
+    assert any(not block.until_ctrl_c for block in blocks), "the Quick start's set-up block is not marked"
+    env = {name: os.environ[name] for name in NEWCOMER_VARIABLES if name in os.environ}
+    env.update(HOST="127.0.0.1", PORT=str(free_port()), PROVIDER_PORT=str(free_port()))
+
+    for block in blocks:
+        if block.until_ctrl_c:
+            smoke_until_ctrl_c(start_server(block.body, clone, env), clone, env)
+        else:
+            run_block(block.body, clone, env)
