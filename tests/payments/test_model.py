@@ -85,8 +85,18 @@ class Answer:
     new_rows: set[str] = field(default_factory=set)
 
     @property
+    def is_error(self) -> bool:
+        return isinstance(self.body.get("error"), dict) and "transaction" in self.body
+
+    @property
     def txn(self) -> dict[str, Any] | None:
-        return self.body.get("transaction") if "error" in self.body else (self.body or None)
+        return self.body.get("transaction") if self.is_error else (self.body or None)
+
+    @property
+    def code(self) -> str:
+        if self.http_status is None:
+            return "dropped"
+        return self.body["error"]["code"] if self.is_error else "ok"
 
 
 @dataclass
@@ -178,7 +188,7 @@ class PaymentsMachine(RuleBasedStateMachine):
         self.provider.clear_faults()
         recorded = Answer(key, status, answer, self._rows_for(key) - before)
         self.answers.append(recorded)
-        REPORT.answers[f"{status} {answer.get('error', {}).get('code', 'ok') if status else 'dropped'}"] += 1
+        REPORT.answers[f"{status} {recorded.code}"] += 1
         self._check_answer(recorded)
 
     @rule(key=st.sampled_from([k for k in KEYS if k]))
