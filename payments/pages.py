@@ -3,7 +3,7 @@
 Payments are taken by client accounts. Staff accounts, and those in the "Payment
 support" group, work in the admin: the page refuses them (403, with a page that says
 so) unless they were also made an API client (`manage.py create_api_client`, which
-gives them a token).
+gives them an API key; a revoked or expired key does not count).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from rest_framework.authtoken.models import Token
 
+from apikeys.models import APIKey
 from payments import outcomes
 from payments.currencies import MINOR_UNIT_DIGITS
 from payments.services import SUPPORT_GROUP_NAME
@@ -49,7 +50,10 @@ def _health_poll_ms(raw: str | None) -> int:
 
 def can_take_payments(user: AbstractBaseUser) -> bool:
     is_staff_account = user.is_staff or user.groups.filter(name=SUPPORT_GROUP_NAME).exists()
-    return not is_staff_account or Token.objects.filter(user=user).exists()
+    if not is_staff_account:
+        return True
+    working_keys = APIKey.objects.filter(user=user, revoked=False).exclude(expiry_date__lte=timezone.now())
+    return working_keys.exists()
 
 
 @never_cache

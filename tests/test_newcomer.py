@@ -14,8 +14,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import Client
-from rest_framework.authtoken.models import Token
 
+from apikeys.models import APIKey
 from payments import services
 from tests.conftest import TEST_API_KEY
 
@@ -64,9 +64,12 @@ def test_pay_page_serves_client_accounts_and_staff_made_api_clients(
     client.force_login(get_user_model().objects.create_user("demo", password="demo-password"))
     assert client.get("/pay/").status_code == 200
 
-    Token.objects.create(user=support_user)  # what `manage.py create_api_client alice` does
+    key, _ = APIKey.objects.issue(support_user, "till")  # what `manage.py create_api_client alice` does
     client.force_login(support_user)
     assert client.get("/pay/").status_code == 200
+
+    key.revoke()
+    assert client.get("/pay/").status_code == 403
 
 
 @pytest.mark.django_db
