@@ -1,6 +1,8 @@
 """The checks behind GET /health/ and /health/ready (IETF health-check draft, `application/health+json`).
 
-`fail` only when the database cannot be reached: that instance cannot serve.
+`fail` when the database cannot be reached (that instance cannot serve) or the provider
+refuses our credentials or URL (no payment can succeed until an operator fixes the
+configuration; /health/ready, which load balancers use, still follows the database only).
 A busy pool, an open breaker or a provider that does not answer are `warn`:
 the service still answers (503 fast, with Retry-After), and taking every
 instance out of the load balancer because the provider is down helps no one.
@@ -138,6 +140,19 @@ def provider_response_time_check() -> Check:
     return check
 
 
+def provider_credentials_check() -> Check:
+    """Fails from the provider's first 401/403/404 to a charge until it accepts one again."""
+    refused = provider.misconfigured()
+    if refused is None:
+        return {"status": PASS}
+    return {
+        "status": FAIL,
+        "observedValue": refused["http_status"],
+        "time": refused["at"],
+        "output": "the provider refused our API key or URL: check PAYMENT_API_KEY and PAYMENT_SERVICE_URL",
+    }
+
+
 def readiness(alias: str = "default") -> str:
     """/health/ready: `pass` when the database answers and the pool has a free connection.
 
@@ -184,8 +199,12 @@ def health_report(alias: str = "default") -> HealthReport:
         "database:pool": [database_pool_check(alias)],
         "payment-provider:circuit": [provider_circuit_check()],
         "payment-provider:responseTime": [provider_response_time_check()],
+        "payment-provider:credentials": [provider_credentials_check()],
     }
-    if checks["database:connection"][0]["status"] == FAIL:
+    if FAIL in (
+        checks["database:connection"][0]["status"],
+        checks["payment-provider:credentials"][0]["status"],
+    ):
         status = FAIL
     elif any(check["status"] != PASS for entries in checks.values() for check in entries):
         status = WARN

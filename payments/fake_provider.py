@@ -784,7 +784,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Fake payment provider listening on {provider.url}", flush=True)
     try:
         while True:
-            time.sleep(3600)
+            # Short sleeps: the kernel may deliver SIGINT/SIGTERM to a server thread, which does not
+            # interrupt a long sleep here; Python runs the handler when this thread next wakes.
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:

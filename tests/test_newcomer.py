@@ -102,3 +102,19 @@ def test_create_support_user_without_a_terminal_or_password_fails_with_one_line(
     assert result.stderr.strip().splitlines() == [
         "CommandError: No password: set SUPPORT_USER_PASSWORD, or run this in a terminal to be asked."
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_support_session_cannot_take_payments_through_the_api_either(
+    client: Client, support_user: Any, fake_provider: Any
+) -> None:
+    charge = {"amount": 1999, "currency": "USD", "source": "tok_visa"}
+    client.force_login(support_user)
+
+    refused = client.post("/api/v1/charges", charge, content_type="application/json")
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["type"] == "permission_error"
+    assert fake_provider.total_charges() == 0
+    client.force_login(get_user_model().objects.create_user("payer", password="pw"))
+    assert client.post("/api/v1/charges", charge, content_type="application/json").status_code == 201

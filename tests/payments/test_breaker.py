@@ -27,9 +27,13 @@ def charge(api: APIClient, key: str, source: str = "tok_visa") -> Any:
     return api.post("/api/v1/charges", {**CHARGE, "source": source}, format="json", HTTP_IDEMPOTENCY_KEY=key)
 
 
-def circuit(client: Client) -> dict[str, Any]:
+def get_health(client: Client) -> tuple[int, dict[str, Any]]:
     response = client.get("/health/", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
-    return response.json()["checks"]["payment-provider:circuit"][0]
+    return response.status_code, response.json()
+
+
+def circuit(client: Client) -> dict[str, Any]:
+    return get_health(client)[1]["checks"]["payment-provider:circuit"][0]
 
 
 def assert_refused_writing_nothing(response: Any, code: str) -> None:
@@ -153,11 +157,15 @@ def test_declines_never_open_the_breaker(api: APIClient, breaker_settings: Any) 
 
 
 def test_provider_4xx_answers_never_open_the_breaker(
-    api: APIClient, breaker_settings: Any, fake_provider: FakeProvider
+    api: APIClient, client: Client, breaker_settings: Any, fake_provider: FakeProvider
 ) -> None:
     breaker_settings.PAYMENT_API_KEY = "sk_wrong_key"
     for number in range(4):
         assert_refused_writing_nothing(charge(api, f"unauthorized-{number}"), "provider_misconfigured")
+
+    status, health = get_health(client)
+    assert (status, health["status"]) == (503, "fail"), "a refused key is an operator alarm"
+    assert health["checks"]["payment-provider:credentials"][0]["observedValue"] == 401
 
     snapshot = provider.get_client().breaker.snapshot()
     assert (snapshot.state, snapshot.consecutive_failures, snapshot.opened_total) == ("closed", 0, 0)
@@ -165,6 +173,7 @@ def test_provider_4xx_answers_never_open_the_breaker(
     breaker_settings.PAYMENT_API_KEY = TEST_API_KEY
     assert charge(api, "unauthorized-0").status_code == 201, "the same key works once the key is fixed"
     assert fake_provider.total_charges() == 1
+    assert get_health(client)[1]["checks"]["payment-provider:credentials"][0]["status"] == "pass"
 
 
 def test_a_recursion_error_in_the_trial_answer_does_not_keep_the_breaker_half_open(
