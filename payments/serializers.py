@@ -40,17 +40,24 @@ class SourceField(serializers.CharField):
     pass
 
 
-@extend_schema_field({"type": "string", "pattern": "^[^\\x00]*$", "maxLength": 500})
+# DRF refuses NUL characters in any string; "" is allowed.
+DESCRIPTION_SCHEMA = {"type": "string", "pattern": "^[^\\x00]*$", "maxLength": 500}
+
+
+@extend_schema_field(DESCRIPTION_SCHEMA)
 class DescriptionField(serializers.CharField):
-    """DRF refuses NUL characters in any string."""
+    pass
 
 
+# OpenAPI 3.0.3, what drf-spectacular emits: no type lists and no propertyNames, so a nullable
+# string or a number or a boolean, and the key length is told in the description.
 @extend_schema_field(
     {
         "type": "object",
         "maxProperties": METADATA_MAX_KEYS,
-        "propertyNames": {"maxLength": METADATA_MAX_KEY_CHARS},
-        "additionalProperties": {"type": ["string", "number", "boolean", "null"], "maxLength": 100},
+        "additionalProperties": {
+            "oneOf": [{"type": "string", "nullable": True}, {"type": "number"}, {"type": "boolean"}]
+        },
     }
 )
 class MetadataField(serializers.JSONField):
@@ -66,7 +73,14 @@ class ChargeCreateSerializer(serializers.Serializer):
     currency = CurrencyField(help_text="ISO 4217 code, for example USD.")
     source = SourceField(max_length=255, help_text="A card token, for example tok_visa.")
     description = DescriptionField(max_length=500, required=False, allow_blank=True, default="")
-    metadata = MetadataField(required=False, default=dict, help_text="At most 4096 bytes as JSON.")
+    metadata = MetadataField(
+        required=False,
+        default=dict,
+        help_text=(
+            f"At most {METADATA_MAX_KEYS} keys of at most {METADATA_MAX_KEY_CHARS} characters; values are "
+            f"strings, numbers, booleans or null; at most {METADATA_MAX_BYTES} bytes as JSON."
+        ),
+    )
 
     def validate_currency(self, value: str) -> str:
         code = value.strip().upper()
@@ -104,13 +118,19 @@ class ChargeCreateSerializer(serializers.Serializer):
 
 
 class ChargeCreateSchema(OpenApiSerializerExtension):
-    """The request schema refuses unknown fields, as `to_internal_value` does."""
+    """The request schema refuses unknown fields, as `to_internal_value` does.
+
+    drf-spectacular writes a blank-allowed field with a pattern as `oneOf: [the field, ""]`;
+    `description`'s pattern already admits "", which would then match both (invalid for oneOf),
+    so it is stated once.
+    """
 
     target_class = ChargeCreateSerializer
 
     def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
         schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
-        return {**schema, "additionalProperties": False}
+        properties = {**schema["properties"], "description": {**DESCRIPTION_SCHEMA, "default": ""}}
+        return {**schema, "properties": properties, "additionalProperties": False}
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -157,6 +177,7 @@ class TransactionSerializer(serializers.ModelSerializer):
 
     object = serializers.SerializerMethodField()
     source = serializers.CharField(source="source_masked")
+    metadata = MetadataField(read_only=True, help_text="As sent when the charge was created.")
     error = serializers.SerializerMethodField()
     needs_review = serializers.BooleanField()
     next_step = serializers.SerializerMethodField()
