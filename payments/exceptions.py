@@ -1,7 +1,8 @@
 """The application's errors and the one place where they become HTTP.
 
-Every error body is `{"error": {"type", "code", "message", "retryable"},
-"transaction": {...} | null}` (DESIGN.md, "The API").
+Every error body is `{"error": {"type", "code", "message", "retryable", "request_id"},
+"transaction": {...} | null}`; `error` may add `decline_code`, `provider_code` or `fields`
+(the ErrorResponse schema in payments/views.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 
 from payments import outcomes
 from paymentsite.log import log_event
@@ -256,7 +258,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     code = codes if isinstance(codes, str) else error_type
     extra: dict[str, Any] = {}
     if isinstance(exc, drf_exceptions.ValidationError):
-        extra["fields"] = exc.detail
+        # Always an object of field (or header, or parameter) to messages, as the schema says.
+        detail = exc.detail
+        extra["fields"] = detail if isinstance(detail, dict) else {api_settings.NON_FIELD_ERRORS_KEY: detail}
         code = "invalid_fields"
     response = Response(
         error_body(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 import uuid
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -31,11 +32,21 @@ ErrorResponse = inline_serializer(
                 "type": serializers.ChoiceField(choices=sorted(ERROR_TYPES)),
                 "code": serializers.CharField(),
                 "message": serializers.CharField(),
-                "retryable": serializers.BooleanField(),
-                "request_id": serializers.CharField(allow_null=True),
-                "decline_code": serializers.CharField(required=False),
-                "provider_code": serializers.CharField(required=False),
-                "fields": serializers.DictField(required=False),
+                "retryable": serializers.BooleanField(
+                    help_text="May the same request (same Idempotency-Key) be sent again?"
+                ),
+                "request_id": serializers.CharField(help_text="The response's X-Request-ID."),
+                "decline_code": serializers.CharField(
+                    required=False, help_text="card_error only: why the card was declined."
+                ),
+                "provider_code": serializers.CharField(
+                    required=False, help_text="provider_rejected only: the provider's reason."
+                ),
+                "fields": serializers.DictField(
+                    child=serializers.ListField(child=serializers.CharField()),
+                    required=False,
+                    help_text="invalid_fields only: the messages for each refused field or header.",
+                ),
             },
         ),
         "transaction": TransactionSerializer(allow_null=True),
@@ -52,6 +63,71 @@ TransactionPage = inline_serializer(
         "results": TransactionSerializer(many=True),
     },
 )
+
+# Response headers. X-Request-ID is on every answer (paymentsite.logs.RequestIdMiddleware).
+REQUEST_ID = OpenApiParameter(
+    "X-Request-ID",
+    str,
+    OpenApiParameter.HEADER,
+    required=True,
+    response=True,
+    description="This request's id, also in error.request_id and in the service's logs: the caller's "
+    "X-Request-ID when it is 1 to 128 of A-Z a-z 0-9 . _ -, else a new one.",
+)
+AUTHENTICATE = OpenApiParameter(
+    "WWW-Authenticate",
+    str,
+    OpenApiParameter.HEADER,
+    required=True,
+    response=[401],
+    description="The scheme to use: Token.",
+)
+# Errors every operation may answer; 503 when the database is down or out of connections.
+COMMON_ERRORS = (401, 403, 500, 503)
+
+
+def _headers(*, retry_after: list[int]) -> list[OpenApiParameter]:
+    """The response headers every operation has, and Retry-After on the statuses that send it."""
+    return [
+        REQUEST_ID,
+        AUTHENTICATE,
+        OpenApiParameter(
+            "Retry-After",
+            int,
+            OpenApiParameter.HEADER,
+            response=retry_after,
+            description="Seconds to wait before sending the same request again.",
+        ),
+    ]
+
+
+# What each error status means (error.type / error.code); payments.outcomes has the whole table.
+ERROR_STATUSES = {
+    400: "invalid_request: a field, header or parameter was refused (error.fields says which).",
+    401: "authentication_error: no API key, or one that is wrong, revoked or expired.",
+    402: "card_error / card_declined: nothing was charged (error.decline_code says why).",
+    403: "permission_error: this account may not take payments.",
+    404: "not_found: no such charge for this client, or no such page.",
+    409: "idempotency_error / request_in_progress (send again after Retry-After) or "
+    "idempotency_key_reused; charge_canceled; invalid_request / not_cancelable.",
+    413: f"payload_too_large: the body is over {settings.API_MAX_BODY_BYTES // 1024} KiB.",
+    415: "unsupported_media_type: the body is not application/json.",
+    422: "provider_rejected: the provider refused the payment's details; nothing was charged "
+    "(error.provider_code).",
+    500: "internal_error: an unexpected failure in the service.",
+    502: "provider_error: the provider did not charge; retryable when a retry is scheduled.",
+    503: "provider_unavailable, or database_busy (the database is down or out of connections): "
+    "nothing was written; send again after Retry-After.",
+    504: "outcome_unknown: the provider may have charged; the same request (same Idempotency-Key) "
+    "is safe to send again and never charges twice.",
+}
+
+
+def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    return {
+        code: OpenApiResponse(ErrorResponse, description=ERROR_STATUSES[code])
+        for code in sorted({*statuses, *COMMON_ERRORS})
+    }
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -89,16 +165,35 @@ def _transaction_for(request: Request, transaction_id: str) -> Transaction:
     return txn
 
 
+STATUS_FILTER_ERROR = f"Must be one of {', '.join(Transaction.Status.values)}."
+TRANSACTION_ID = OpenApiParameter("transaction_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+
+
 class ChargeListCreateView(APIView):
     @extend_schema(
         operation_id="charges_list",
-        parameters=[OpenApiParameter("status", enum=Transaction.Status.values, required=False)],
-        responses={200: TransactionPage, 400: ErrorResponse, 401: ErrorResponse},
+        parameters=[
+            OpenApiParameter(
+                "status",
+                enum=Transaction.Status.values,
+                required=False,
+                description="Any other value, empty included, answers 400 invalid_request.",
+            ),
+            OpenApiParameter(
+                "page",
+                int,
+                required=False,
+                description=f"1 for the first page (the default), {PageNumberPagination.page_size} charges "
+                "a page; a page below 1 or past the last, or not a number, answers 404 not_found.",
+            ),
+            *_headers(retry_after=[503]),
+        ],
+        responses={200: TransactionPage, **_errors(400, 404)},
     )
     def get(self, request: Request) -> Response:
         status_filter = request.query_params.get("status")
-        if status_filter and status_filter not in Transaction.Status.values:
-            raise ValidationError({"status": [f"Must be one of {', '.join(Transaction.Status.values)}."]})
+        if status_filter is not None and status_filter not in Transaction.Status.values:
+            raise ValidationError({"status": [STATUS_FILTER_ERROR]})
         queryset = selectors.transactions_for_client(client=request.user, status=status_filter)
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
@@ -113,15 +208,19 @@ class ChargeListCreateView(APIView):
                 location=OpenApiParameter.HEADER,
                 required=False,
                 pattern=f"^[\\x21-\\x7e]{{1,{IDEMPOTENCY_KEY_MAX_CHARS}}}$",
-            )
+            ),
+            *_headers(retry_after=[409, 503]),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                str,
+                OpenApiParameter.HEADER,
+                enum=["true"],
+                response=[201, 402, 409, 422, 502, 504],
+                description="Present when the answer is the stored outcome of an earlier request with the "
+                "same Idempotency-Key: nothing was sent to the provider this time.",
+            ),
         ],
-        responses={
-            201: TransactionSerializer,
-            **{
-                code: OpenApiResponse(ErrorResponse)
-                for code in (400, 401, 402, 409, 413, 415, 422, 500, 502, 503, 504)
-            },
-        },
+        responses={201: TransactionSerializer, **_errors(400, 402, 409, 413, 415, 422, 502, 504)},
     )
     def post(self, request: Request) -> Response:
         idempotency_key = _idempotency_key(request)
@@ -141,8 +240,8 @@ class ChargeListCreateView(APIView):
 class ChargeDetailView(APIView):
     @extend_schema(
         operation_id="charges_retrieve",
-        parameters=[OpenApiParameter("transaction_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-        responses={200: TransactionDetailSerializer, 401: ErrorResponse, 404: ErrorResponse},
+        parameters=[TRANSACTION_ID, *_headers(retry_after=[503])],
+        responses={200: TransactionDetailSerializer, **_errors(404)},
     )
     def get(self, request: Request, transaction_id: str) -> Response:
         return Response(TransactionDetailSerializer(_transaction_for(request, transaction_id)).data)
@@ -152,8 +251,8 @@ class ChargeCancelView(APIView):
     @extend_schema(
         operation_id="charges_cancel",
         request=None,
-        parameters=[OpenApiParameter("transaction_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-        responses={200: TransactionSerializer, 401: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse},
+        parameters=[TRANSACTION_ID, *_headers(retry_after=[503])],
+        responses={200: TransactionSerializer, **_errors(404, 409)},
         description=(
             "Stop a payment that was not charged (failed, possibly with a retry scheduled): it will "
             "never be sent again. Idempotent: canceling a canceled payment answers 200. Refused with "
