@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 from payments.fake_provider import FakeProvider
 from payments.models import PaymentAttempt, Transaction
 from tests.conftest import pool_options, requires_pooled_mysql
+from tests.health.helpers import held_connections
 
 CHARGE = {"amount": 1999, "currency": "USD", "source": "tok_visa", "description": "Order 1"}
 
@@ -321,6 +322,42 @@ def test_list_filters_by_status_and_paginates(api: APIClient) -> None:
     assert declined["results"][0]["status"] == "declined"
     assert api.get("/api/v1/charges?status=bogus").status_code == 400
     assert api.get("/api/v1/charges?status=succeeded").json()["count"] == 1
+
+
+@pytest.mark.parametrize("query", ["status=", "status=bogus", "status=SUCCEEDED"])
+def test_list_refuses_an_empty_or_unknown_status(api: APIClient, query: str) -> None:
+    charge(api)
+
+    response = api.get(f"/api/v1/charges?{query}")
+
+    assert response.status_code == 400
+    assert "status" in assert_error_body(response, "invalid_request")["error"]["fields"]
+
+
+@pytest.mark.parametrize("page", ["2", "0", "abc"])
+def test_a_page_past_the_last_or_not_a_number_is_the_apis_404(api: APIClient, page: str) -> None:
+    charge(api)
+
+    response = api.get(f"/api/v1/charges?page={page}")
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert assert_error_body(response, "not_found")["error"]["code"] == "not_found"
+    assert api.get("/api/v1/charges?page=1").json()["count"] == 1
+
+
+@requires_pooled_mysql
+def test_reads_answer_503_database_busy_when_no_connection_is_free(api: APIClient) -> None:
+    txn_id = charge(api).json()["id"]
+
+    with pool_options(POOL_SIZE=1, MAX_OVERFLOW=0, TIMEOUT=0.5), held_connections(1):
+        answers = [api.get("/api/v1/charges"), api.get(f"/api/v1/charges/{txn_id}")]
+
+    for response in answers:
+        assert response.status_code == 503
+        assert response["Retry-After"] == "1"
+        assert assert_error_body(response, "database_busy")["error"]["retryable"] is True
+    assert api.get(f"/api/v1/charges/{txn_id}").status_code == 200
 
 
 class _NotJsonProvider(BaseHTTPRequestHandler):
