@@ -21,7 +21,7 @@ from payments import outcomes
 from payments.currencies import MINOR_UNIT_DIGITS
 from payments.services import SUPPORT_GROUP_NAME
 
-# The fake provider's tokens (DESIGN.md, "Provider contract"). With a real
+# The fake provider's test cards (README, "The fake provider"). With a real
 # provider the card is tokenized by the provider's own form, never by us.
 TEST_CARDS: tuple[tuple[str, str], ...] = (
     ("tok_visa", "Visa — succeeds"),

@@ -5,8 +5,8 @@ Every check schemathesis has runs (no 5xx; every status, header and body as the 
 says) but the two that judge our validation against what JSON Schema can express:
 `negative_data_rejection` (DRF is lenient by design: it reads `"description": 0` as "0")
 and `positive_data_acceptance` (a schema-valid token the provider does not know is rightly
-declined with 402, and schemathesis generates metadata keys longer than `propertyNames`
-allows). Validation itself is tested case by case in tests/payments/test_api.py.
+refused by the provider with 422, and the schema cannot say that metadata keys are at most
+40 characters, so schemathesis generates longer ones). Validation itself is tested case by case in tests/payments/test_api.py.
 """
 
 from __future__ import annotations

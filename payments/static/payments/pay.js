@@ -486,7 +486,7 @@
     return checks[0] || {};
   }
 
-  // The health contract of DESIGN.md: application/health+json, 503 when status is "fail".
+  // /health/ (README, "Health and metrics"): application/health+json, 503 when status is "fail".
   function badgeFor(response, health) {
     if (!response) return "unavailable";
     if (!health || typeof health.status !== "string") return response.status >= 500 ? "unavailable" : "unknown";
