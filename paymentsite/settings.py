@@ -7,6 +7,7 @@ reported by the system check `paymentsite.E001`, which stops start-up.
 
 from __future__ import annotations
 
+import zoneinfo
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -275,7 +276,13 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/pay/"
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# The zone every date in the admin is shown in (stored dates are always UTC).
+TIME_ZONE = config.str("DJANGO_TIME_ZONE", "UTC")
+if TIME_ZONE not in zoneinfo.available_timezones():
+    config.errors.append(
+        f"DJANGO_TIME_ZONE={TIME_ZONE!r} is invalid: expected an IANA time zone such as UTC or Europe/Berlin."
+    )
+    TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
