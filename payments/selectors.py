@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
@@ -76,3 +76,21 @@ def cancel_refusal(txn: Transaction) -> str:
     if not txn.can_move_to(Transaction.Status.CANCELED):
         return f"it is already {txn.status}"
     return ""
+
+
+# What waits for a person (the admin's "needs attention" view and its counts on the index).
+
+
+def attention_to_reconcile(*, now: datetime, reconcile_after: timedelta) -> QuerySet[Transaction]:
+    """Unknown outcomes, and pending rows abandoned mid-call, older than the reconcile window:
+    reconcile_payments (or support's Reconcile) should already have asked the provider."""
+    return to_reconcile(started_before=now - reconcile_after)
+
+
+def attention_overdue_retries(*, now: datetime, grace: timedelta, max_attempts: int) -> QuerySet[Transaction]:
+    """Failed rows whose automatic retry is more than `grace` late: retry_failed_payments may not run."""
+    return due_for_retry(now=now - grace, max_attempts=max_attempts)
+
+
+def attention_needs_review() -> QuerySet[Transaction]:
+    return Transaction.objects.filter(needs_review_q())

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import html
 import io
-from datetime import timedelta
+import re
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +18,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from payments.fake_provider import FakeProvider
-from payments.models import Transaction
+from payments.models import PaymentAttempt, Transaction
 from payments.services import SUPPORT_GROUP_NAME
 from tests.payments.factories import charge, failed, shop, stale_pending, unknown
 
@@ -311,3 +315,343 @@ def test_staff_user_without_the_retry_permission_cannot_run_the_action(
 
     assert Transaction.objects.get(pk=txn.pk).status == Status.FAILED
     assert fake_provider.request_count(txn.provider_idempotency_key) == 0
+
+
+# The change page: state banner, actions, attempts, fixed messages, dates ------------------
+
+
+def change_page(client: Client, txn: Transaction) -> str:
+    response = client.get(f"{CHANGELIST}{txn.pk}/change/")
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def banner_of(body: str) -> str:
+    start = body.index('id="payment-state"')
+    text = re.sub(r"<[^>]+>", " ", body[start : body.index("</section>", start)])
+    return re.sub(r"\s+", " ", html.unescape(text))
+
+
+def buttons_of(body: str) -> list[str]:
+    start = body.index('id="payment-state"')
+    banner = body[start : body.index("</section>", start)]
+    return re.findall(r'<button type="submit" class="button">([^<]+)</button>|>(Cancel…)</a>', banner)
+
+
+def offered(body: str) -> set[str]:
+    return {label for pair in buttons_of(body) for label in pair if label}
+
+
+def declined(source: str) -> Transaction:
+    txn = charge(source)
+    assert txn.status == Status.DECLINED
+    return txn
+
+
+@pytest.mark.parametrize(
+    ("make", "title", "lines", "actions"),
+    [
+        (
+            lambda: charge("tok_visa"),
+            "Succeeded: the provider charged the card.",
+            ["Provider charge id: ch_"],
+            set(),
+        ),
+        (
+            lambda: declined("tok_insufficientFunds"),
+            "Declined: the card was declined. Nothing was charged.",
+            ["Decline code: insufficient_funds."],
+            set(),
+        ),
+        (
+            lambda: failed(error_code="", error_type="provider_rejected", status=Status.DECLINED),
+            "Declined: the payment provider refused this payment's details.",
+            ["Provider code: none given."],
+            set(),
+        ),
+        (
+            lambda: unknown(age=timedelta(seconds=1)),
+            "Outcome unknown: the provider may have charged; Reconcile asks it.",
+            ["An attempt may still be in flight until", "a lookup before then proves nothing"],
+            {"Reconcile"},
+        ),
+        (
+            lambda: unknown(age=timedelta(minutes=11)),
+            "Outcome unknown: the provider may have charged; Reconcile asks it.",
+            ["No attempt can be in flight since", "Do not cancel it"],
+            {"Reconcile"},
+        ),
+        (
+            lambda: failed(next_retry_at=timezone.now() + timedelta(minutes=5)),
+            "Not charged: retry is safe.",
+            ["Automatic retry scheduled at", "Tries: 1 of 6."],
+            {"Retry now", "Cancel…"},
+        ),
+        (
+            lambda: failed(next_retry_at=timezone.now() - timedelta(minutes=42, seconds=10)),
+            "Not charged: retry is safe.",
+            ["Overdue by 42 min. Is retry_failed_payments running?"],
+            {"Retry now", "Cancel…"},
+        ),
+        (
+            lambda: failed(attempts=6, next_retry_at=None, review_reason="not charged after 6 tries"),
+            "Needs review: not charged, and never sent again automatically.",
+            ["Why: not charged after 6 tries.", "No tries left"],
+            {"Cancel…"},
+        ),
+        (
+            lambda: failed(status=Status.CANCELED, next_retry_at=None, status_note="Paid by bank transfer"),
+            "Canceled: this payment was canceled and will not be charged.",
+            ["Reason: Paid by bank transfer."],
+            set(),
+        ),
+        (
+            lambda: stale_pending(age=timedelta(seconds=0)),
+            "In flight: a request is sending it to the provider right now.",
+            ["Reload in a moment."],
+            set(),
+        ),
+        (
+            lambda: stale_pending(age=timedelta(minutes=11)),
+            "Abandoned: the provider may have charged; Reconcile asks it.",
+            ["longer than the reconcile window (5 s)"],
+            {"Reconcile"},
+        ),
+    ],
+    ids=[
+        "succeeded",
+        "declined",
+        "rejected",
+        "unknown-in-flight",
+        "unknown-past-window",
+        "retry-scheduled",
+        "retry-overdue",
+        "needs-review",
+        "canceled",
+        "pending",
+        "abandoned",
+    ],
+)
+def test_change_page_says_what_happened_and_offers_the_actions_allowed(
+    support: Client, make: Callable[[], Transaction], title: str, lines: list[str], actions: set[str]
+) -> None:
+    txn = make()
+
+    body = change_page(support, txn)
+
+    banner = banner_of(body)
+    assert title in banner
+    for line in lines:
+        assert line in banner
+    assert f"transaction_id={txn.pk}" in banner, "the logs' key for the details"
+    assert offered(body) == actions
+
+
+def test_action_buttons_need_the_permission(support: Client, fake_provider: FakeProvider) -> None:
+    viewer = get_user_model().objects.create_user("viewer", password="pw-viewer", is_staff=True)
+    viewer.user_permissions.add(
+        *Group.objects.get(name=SUPPORT_GROUP_NAME).permissions.filter(codename__startswith="view_")
+    )
+    client = Client()
+    client.login(username="viewer", password="pw-viewer")
+    txn = failed()
+
+    assert offered(change_page(client, txn)) == set()
+    assert client.post(f"{CHANGELIST}{txn.pk}/retry/").status_code == 403
+    assert client.get(f"{CHANGELIST}{txn.pk}/cancel/").status_code == 403
+    assert support.get(f"{CHANGELIST}{txn.pk}/retry/").status_code == 405, "POST only"
+    assert Transaction.objects.get(pk=txn.pk).status == Status.FAILED
+    assert fake_provider.request_count(txn.provider_idempotency_key) == 0
+
+
+def test_page_actions_need_the_csrf_token(transactional_db: None, fake_provider: FakeProvider) -> None:
+    call_command("create_support_user", "bob", "--password", "pw-bob", stdout=io.StringIO())
+    client = Client(enforce_csrf_checks=True)
+    client.login(username="bob", password="pw-bob")
+    txn = failed()
+
+    assert client.post(f"{CHANGELIST}{txn.pk}/retry/").status_code == 403
+
+    assert fake_provider.request_count(txn.provider_idempotency_key) == 0
+
+
+def test_retry_now_on_the_page_reports_and_logs_its_result(
+    support: Client, fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_MAX_RETRIES = 0
+    will_succeed = failed()
+    keeps_failing = charge("tok_error")
+
+    done = support.post(f"{CHANGELIST}{will_succeed.pk}/retry/", follow=True)
+    again = support.post(f"{CHANGELIST}{keeps_failing.pk}/retry/", follow=True)
+
+    assert done.redirect_chain[-1][0] == f"{CHANGELIST}{will_succeed.pk}/change/"
+    assert messages_of(done) == ["Retry: succeeded, the provider charged the card."]
+    assert "Succeeded: the provider charged the card." in banner_of(done.content.decode())
+    assert Transaction.objects.get(pk=will_succeed.pk).status == Status.SUCCEEDED
+    assert fake_provider.charge_count(will_succeed.provider_idempotency_key) == 1
+    assert messages_of(again) == ["Retry: failed again, not charged. HTTP 500"]
+    assert Transaction.objects.get(pk=keeps_failing.pk).attempts == 2
+    logged = sorted(
+        LogEntry.objects.filter(user__username="alice").values_list("object_id", "change_message")
+    )
+    assert logged == sorted(
+        [(str(will_succeed.pk), "Retry: succeeded."), (str(keeps_failing.pk), "Retry: failed. HTTP 500")]
+    )
+
+
+def test_reconcile_on_the_page_finds_the_charge_or_proves_there_was_none(
+    support: Client, fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_MAX_RETRIES = 0
+    fake_provider.inject({"kind": "drop_after"})  # charged, but the answer never came back
+    answer_lost = age(charge("tok_visa"), settings.PAYMENT_RECONCILE_AFTER_S + 1)
+    never_arrived = unknown(age=timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S + 1))
+
+    found = support.post(f"{CHANGELIST}{answer_lost.pk}/reconcile/", follow=True)
+    none = support.post(f"{CHANGELIST}{never_arrived.pk}/reconcile/", follow=True)
+
+    assert messages_of(found) == ["Reconcile: succeeded, the provider charged the card."]
+    assert Transaction.objects.get(pk=answer_lost.pk).status == Status.SUCCEEDED
+    assert fake_provider.charge_count(answer_lost.provider_idempotency_key) == 1
+    assert messages_of(none) == ["Reconcile: the provider made no charge, retry is safe."]
+    assert "A lookup proved the provider made no charge." in banner_of(none.content.decode())
+    assert offered(none.content.decode()) == {"Retry now", "Cancel…"}
+    assert Transaction.objects.get(pk=never_arrived.pk).error_code == "not_charged"
+    logged = dict(LogEntry.objects.filter(user__username="alice").values_list("object_id", "change_message"))
+    assert logged[str(answer_lost.pk)] == "Reconcile: succeeded."
+    assert logged[str(never_arrived.pk)].startswith("Reconcile: not_charged.")
+
+
+def test_cancel_on_the_page_asks_for_a_reason_and_refuses_an_unknown_outcome(support: Client) -> None:
+    txn = failed()
+    maybe_charged = unknown()
+    url = f"{CHANGELIST}{txn.pk}/cancel/"
+
+    form = support.get(url)
+    blank = support.post(url, {"reason": "  "})
+    refused = support.post(f"{CHANGELIST}{maybe_charged.pk}/cancel/", {"reason": "x"}, follow=True)
+    done = support.post(url, {"reason": "Customer paid by bank transfer"}, follow=True)
+
+    assert form.status_code == 200 and 'name="reason"' in form.content.decode()
+    assert "This field is required." in blank.content.decode()
+    assert messages_of(refused) == ["Cannot cancel: the provider may have charged it; reconcile it first."]
+    assert Transaction.objects.get(pk=maybe_charged.pk).status == Status.UNKNOWN
+    assert messages_of(done) == ["Canceled: Customer paid by bank transfer. It will never be sent again."]
+    assert "Reason: Customer paid by bank transfer." in banner_of(done.content.decode())
+    txn.refresh_from_db()
+    assert (txn.status, txn.status_note) == (Status.CANCELED, "Customer paid by bank transfer")
+    entry = LogEntry.objects.get(user__username="alice")
+    assert (entry.object_id, entry.change_message) == (
+        str(txn.pk),
+        "Canceled: Customer paid by bank transfer",
+    )
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_refused_connections_are_not_said_to_have_reached_the_provider(
+    support: Client, settings: Any
+) -> None:
+    settings.PAYMENT_SERVICE_URL = f"http://127.0.0.1:{closed_port()}/v1/charges"
+    txn = charge("tok_visa")
+    assert (txn.status, txn.error_code) == (Status.FAILED, "connection_error")
+    tries = PaymentAttempt.objects.filter(transaction=txn).count()
+    assert tries == settings.PAYMENT_MAX_RETRIES + 1
+
+    body = change_page(support, txn)
+
+    summary = f"0 charge attempts reached the provider; {tries} refused connections, nothing sent"
+    assert body.count(summary) == 2, "in the tries field and above the attempts"
+    assert body.count("no: connection refused, nothing sent") == tries
+    assert '<td class="field-reached">yes</td>' not in body
+    assert "charge attempt 1:" not in body, "no per-row caption (the attempt's str)"
+
+
+def test_lookups_are_marked_and_counted_apart(support: Client, settings: Any) -> None:
+    never_arrived = unknown(age=timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S + 1))
+    support.post(f"{CHANGELIST}{never_arrived.pk}/reconcile/")
+
+    body = change_page(support, never_arrived)
+
+    assert "0 charge attempts reached the provider; 1 lookup" in body
+    assert body.count("lookup (asks; never charges)") == 1
+    assert 'class="ps-attempt ps-lookup"' in body
+
+
+def test_raw_exception_text_of_older_rows_is_never_shown(support: Client) -> None:
+    raw = "HTTPConnectionPool(host='10.1.2.3', port=8443): Max retries exceeded with url: /v1/charges"
+    txn = failed(error_code="provider_connection_error", error_message=raw)
+    PaymentAttempt.objects.create(
+        transaction=txn,
+        number=1,
+        started_at=timezone.now(),
+        duration_ms=3,
+        outcome="provider_connection_error",
+        reached_provider=False,
+        message=raw,
+    )
+
+    body = change_page(support, txn)
+
+    assert "HTTPConnectionPool" not in body and "10.1.2.3" not in body and "8443" not in body
+    assert body.count("could not open a connection to the provider; nothing was sent") == 3, (
+        "error message, banner and attempt row"
+    )
+
+
+def test_every_date_in_one_format_in_the_configured_time_zone(support: Client, settings: Any) -> None:
+    settings.TIME_ZONE = "Europe/Berlin"
+    txn = failed(next_retry_at=datetime(2026, 1, 15, 9, 30, tzinfo=UTC))
+    Transaction.objects.filter(pk=txn.pk).update(created_at=datetime(2026, 1, 15, 8, 0, tzinfo=UTC))
+
+    listing = support.get(CHANGELIST).content.decode()
+    page = change_page(support, txn)
+
+    for body in (listing, page):
+        assert "2026-01-15 09:00:00 CET" in body, "created, in Berlin time"
+        assert "2026-01-15 10:30:00 CET" in body, "next retry"
+        assert not re.search(r"\b(a|p)\.m\.|\b\d{1,2}:\d\d (AM|PM)\b", body), "no second format"
+
+
+def test_currency_filter_lists_only_currencies_in_use(support: Client) -> None:
+    failed()
+    charge("tok_visa", currency="EUR")
+
+    body = support.get(CHANGELIST, {"status": "all"}).content.decode()
+
+    assert set(re.findall(r"currency=([A-Z]{3})", body)) == {"USD", "EUR"}
+
+
+def test_needs_attention_counts_on_the_index_link_to_their_lists(support: Client, settings: Any) -> None:
+    to_reconcile = unknown(age=timedelta(minutes=11))
+    abandoned = stale_pending(age=timedelta(minutes=11))
+    unknown(age=timedelta(seconds=1))  # may still be in flight: not yet
+    overdue = failed(next_retry_at=timezone.now() - timedelta(minutes=30))
+    failed(next_retry_at=timezone.now() - timedelta(minutes=2))  # the job may just be about to run
+    review = failed(attempts=6, next_retry_at=None, review_reason="not charged after 6 tries")
+    charge("tok_visa")
+
+    index = support.get("/admin/").content.decode()
+
+    counts = dict(re.findall(r'data-attention="(\w+)"><strong>(\d+)</strong>', index))
+    assert counts == {"reconcile": "2", "overdue": "1", "review": "1"}
+    for key, expected in (
+        ("reconcile", {to_reconcile, abandoned}),
+        ("overdue", {overdue}),
+        ("review", {review}),
+    ):
+        listed = support.get(CHANGELIST, {"attention": key})
+        assert set(listed.context["cl"].result_list) == expected, key
+
+
+def test_index_shows_no_counts_to_staff_who_cannot_see_payments(transactional_db: None) -> None:
+    get_user_model().objects.create_user("staff", password="pw-staff", is_staff=True)
+    client = Client()
+    client.login(username="staff", password="pw-staff")
+
+    assert "needs-attention" not in client.get("/admin/").content.decode()
