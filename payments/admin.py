@@ -66,7 +66,7 @@ def fixed_message(message: str, code: str, http_status: int | None = None) -> st
         cause = provider.Cause(LEGACY_CODES.get(code, code))
     except ValueError:
         return "Details are in the logs under this transaction's id."
-    return provider._describe(cause, http_status)
+    return provider.describe(cause, http_status)
 
 
 def plural(count: int, word: str) -> str:

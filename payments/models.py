@@ -93,6 +93,9 @@ class Transaction(models.Model):
     charge_started_at = models.DateTimeField(null=True, blank=True)
     # Non-empty: a person must decide (tries ran out, or a command hit an error on it).
     review_reason = models.CharField(max_length=200, blank=True)
+    # The X-Request-ID of the last API request that sent or settled it: the logs' detail for
+    # it is under this id (and under transaction_id, which commands' lines carry too).
+    last_request_id = models.CharField(max_length=128, blank=True)
     status_note = models.CharField(max_length=500, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)

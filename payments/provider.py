@@ -252,7 +252,7 @@ _FIXED_MESSAGES = {
 }
 
 
-def _describe(cause: Cause, http_status: int | None = None) -> str:
+def describe(cause: Cause, http_status: int | None = None) -> str:
     """A fixed message per cause: no host names, ports, URLs or exception text (those go to the log)."""
     if cause in _FIXED_MESSAGES:
         return _FIXED_MESSAGES[cause]
@@ -276,11 +276,11 @@ class _RecordingRetry(Retry):
             if response is not None:
                 cause = _cause_of_status(response.status)
                 recorder.finish(
-                    http_status=response.status, cause=cause, message=_describe(cause, response.status)
+                    http_status=response.status, cause=cause, message=describe(cause, response.status)
                 )
             elif error is not None:
                 cause = _cause_of_error(error)
-                recorder.finish(http_status=None, cause=cause, message=_describe(cause), error=error)
+                recorder.finish(http_status=None, cause=cause, message=describe(cause), error=error)
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def sleep(self, response: BaseHTTPResponse | None = None) -> None:
@@ -307,7 +307,7 @@ def _call_result(last: ProviderResult, attempts: tuple[Attempt, ...]) -> Provide
         unknown = [a for a in attempts if _CAUSES[Cause(a.outcome)][0] == Outcome.UNKNOWN]
         if unknown:
             cause = Cause(unknown[0].outcome)
-            last = ProviderResult(outcome=Outcome.UNKNOWN, code=cause.value, message=_describe(cause))
+            last = ProviderResult(outcome=Outcome.UNKNOWN, code=cause.value, message=describe(cause))
     return dataclasses.replace(last, attempts=attempts)
 
 
@@ -378,8 +378,8 @@ class ProviderClient:
             recorder.finish(http_status=response.status_code, cause=cause, message=result.message)
         elif error is not None:
             cause = _cause_of_error(error)
-            recorder.finish(http_status=None, cause=cause, message=_describe(cause), error=error)
-            result = ProviderResult(outcome=_CAUSES[cause][0], code=cause.value, message=_describe(cause))
+            recorder.finish(http_status=None, cause=cause, message=describe(cause), error=error)
+            result = ProviderResult(outcome=_CAUSES[cause][0], code=cause.value, message=describe(cause))
         else:
             last = recorder.attempts[-1]
             cause = Cause(last.outcome)
@@ -483,7 +483,7 @@ def _result_from_response(response: requests.Response) -> ProviderResult:
     if cause == Cause.REJECTED and error.get("type") == "idempotency_error":
         # The provider has this key with another body: the first request may have charged.
         return _unusable(http_status, f"HTTP {http_status}: the provider holds this key with another request")
-    message = _describe(cause, http_status)
+    message = describe(cause, http_status)
     if cause == Cause.REJECTED:
         provider_code = _safe_code(error.get("code") or error.get("type"))
         message = f"The provider refused the request ({provider_code or f'HTTP {http_status}'})."

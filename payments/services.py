@@ -46,6 +46,7 @@ from payments.models import PaymentAttempt, Transaction, mask_source
 from payments.provider import Outcome, ProviderResult
 from paymentsite import metrics
 from paymentsite.log import log_event
+from paymentsite.logs import current_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def _insert_pending(
                 request_fingerprint=request.fingerprint(),
                 status=Status.PENDING,
                 charge_started_at=timezone.now(),
+                last_request_id=current_request_id() or "",
             )
     except IntegrityError:
         if idempotency_key is None:
@@ -161,7 +163,12 @@ def _claim_for_charge(txn: Transaction) -> Transaction | None:
             pk=txn.pk, status=txn.status, attempts__lt=settings.PAYMENT_MAX_ATTEMPTS
         )
     now = timezone.now()
-    changes: dict[str, Any] = {"status": Status.PENDING, "updated_at": now, "charge_started_at": now}
+    changes: dict[str, Any] = {
+        "status": Status.PENDING,
+        "updated_at": now,
+        "charge_started_at": now,
+        "last_request_id": current_request_id() or "",
+    }
     abandoned = txn.status == Status.PENDING
     if abandoned and txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
         # Abandoned mid-call by a process that died: the provider may have charged it.

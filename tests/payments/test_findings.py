@@ -200,3 +200,35 @@ def test_13_a_provider_400_is_told_apart_from_a_card_decline(
 
     assert (response.status_code, response.json()["error"]["type"]) == (422, "provider_rejected")
     assert "decline_code" not in response.json()["error"]
+
+
+def test_the_last_request_id_ties_a_payment_to_its_log_lines(
+    api: APIClient, fake_provider: FakeProvider
+) -> None:
+    response = api.post(
+        "/api/v1/charges",
+        CHARGE,
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="order-rid",
+        HTTP_X_REQUEST_ID="req-support-1",
+    )
+
+    assert response["X-Request-ID"] == "req-support-1"
+    assert Transaction.objects.get(pk=response.json()["id"]).last_request_id == "req-support-1"
+
+
+def test_raw_exception_text_stored_by_older_versions_is_scrubbed() -> None:
+    from importlib import import_module
+
+    from django.apps import apps
+
+    from tests.payments.factories import failed
+
+    raw = "HTTPConnectionPool(host='10.0.0.7', port=443): Max retries exceeded with url: /v1/charges"
+    txn = failed(error_message=raw)
+    kept = failed(error_message="HTTP 503")
+
+    import_module("payments.migrations.0004_last_request_id").scrub(apps, None)
+
+    assert "10.0.0.7" not in Transaction.objects.get(pk=txn.pk).error_message
+    assert Transaction.objects.get(pk=kept.pk).error_message == "HTTP 503"
