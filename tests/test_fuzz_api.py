@@ -6,7 +6,8 @@ says) but the two that judge our validation against what JSON Schema can express
 `negative_data_rejection` (DRF is lenient by design: it reads `"description": 0` as "0")
 and `positive_data_acceptance` (a schema-valid token the provider does not know is rightly
 refused by the provider with 422, and the schema cannot say that metadata keys are at most
-40 characters, so schemathesis generates longer ones). Validation itself is tested case by case in tests/payments/test_api.py.
+40 characters, so schemathesis generates longer ones). Validation itself is tested case by
+case in tests/payments/test_api.py.
 """
 
 from __future__ import annotations
