@@ -21,6 +21,7 @@ CHECK_NAMES = {
     "database:pool",
     "payment-provider:circuit",
     "payment-provider:responseTime",
+    "payment-provider:credentials",
 }
 
 
@@ -56,6 +57,7 @@ def test_health_passes_in_health_json_never_cached_and_without_secrets(health_cl
     assert database["status"] == "pass"
     assert database["observedUnit"] == "ms" and database["observedValue"] >= 0
     assert check(body, "payment-provider:circuit")["observedValue"] == "closed"
+    assert check(body, "payment-provider:credentials") == {"status": "pass"}
     response_time = check(body, "payment-provider:responseTime")
     assert response_time["status"] == "pass" and response_time["observedUnit"] == "ms"
     assert response_time["time"]
