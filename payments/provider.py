@@ -371,11 +371,11 @@ class ProviderClient:
             _local.recorder = None
         if response is not None:
             result = _result_from_response(response)
-            cause = {Outcome.SUCCEEDED: Cause.SUCCEEDED, Outcome.DECLINED: Cause.DECLINED}.get(
-                result.outcome,
-                Cause(result.code) if result.code in Cause.__members__.values() else Cause.UNUSABLE,
+            recorder.finish(
+                http_status=response.status_code,
+                cause=_cause_of_answer(result),
+                message=result.message,
             )
-            recorder.finish(http_status=response.status_code, cause=cause, message=result.message)
         elif error is not None:
             cause = _cause_of_error(error)
             recorder.finish(http_status=None, cause=cause, message=describe(cause), error=error)
@@ -451,6 +451,11 @@ def _json_object(response: requests.Response) -> dict[str, Any] | None:
     except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
         return None
     return data if isinstance(data, dict) else None
+
+
+def _cause_of_answer(result: ProviderResult) -> Cause:
+    """The last attempt's cause: a checked answer's code names it, but a decline's is its reason."""
+    return Cause.DECLINED if result.outcome == Outcome.DECLINED else Cause(result.code)
 
 
 def _unusable(http_status: int, why: str) -> ProviderResult:

@@ -169,24 +169,30 @@ def _claim_for_charge(txn: Transaction) -> Transaction | None:
         "charge_started_at": now,
         "last_request_id": current_request_id() or "",
     }
-    abandoned = txn.status == Status.PENDING
-    if abandoned and txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
-        # Abandoned mid-call by a process that died: the provider may have charged it.
-        changes.update(error_type=Transaction.ErrorType.OUTCOME_UNKNOWN, **INTERRUPTED)
+    # Abandoned mid-call by a process that died: the provider may have charged it.
+    interrupted = _interrupted_fields(txn) if txn.status == Status.PENDING else {}
+    changes.update({name: value for name, value in interrupted.items() if name != "status"})
     if candidates.update(**changes) != 1:
         return None
-    if abandoned:
-        txn.status = Status.UNKNOWN
-        if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
-            txn.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
-            txn.error_code, txn.error_message = INTERRUPTED["error_code"], INTERRUPTED["error_message"]
+    _assign(txn, interrupted)  # as it is to be put back
     return txn
 
 
-INTERRUPTED = {
-    "error_code": "interrupted",
-    "error_message": "The process sending it stopped during the provider call.",
-}
+def _interrupted_fields(txn: Transaction) -> dict[str, Any]:
+    """What makes a row whose provider call was cut off `unknown`; an earlier unknown cause stays."""
+    fields: dict[str, Any] = {"status": Status.UNKNOWN}
+    if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
+        fields.update(
+            error_type=Transaction.ErrorType.OUTCOME_UNKNOWN,
+            error_code="interrupted",
+            error_message="The process sending it stopped during the provider call.",
+        )
+    return fields
+
+
+def _assign(txn: Transaction, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        setattr(txn, name, value)
 
 
 def _ensure_provider_available() -> None:
@@ -227,12 +233,8 @@ def _call_provider_and_settle(txn: Transaction, *, previous: Transaction | None)
         _unsend(txn, previous=previous, result=result)
         if result.outcome == Outcome.MISCONFIGURED:
             _alarm_misconfigured(result)
-        raise ProviderUnavailable(
-            code="provider_misconfigured" if result.outcome == Outcome.MISCONFIGURED else result.code,
-            retry_after_s=max(
-                1, result.retry_after_s or (60 if result.outcome == Outcome.MISCONFIGURED else 1)
-            ),
-        )
+            raise ProviderUnavailable(code="provider_misconfigured", retry_after_s=60)
+        raise ProviderUnavailable(code=result.code, retry_after_s=max(1, result.retry_after_s))
     try:
         settled = _settle_with_retry(transaction_id=txn.pk, result=result)
     except DatabaseError as exc:
@@ -281,21 +283,19 @@ def _alarm_misconfigured(result: ProviderResult) -> None:
     )
 
 
-SETTLE_TRIES = 3
+# Pauses between the tries of settle on a database error (three tries in all).
 SETTLE_BACKOFF_S = (0.2, 0.5)
 
 
 def _settle_with_retry(*, transaction_id: uuid.UUID, result: ProviderResult) -> Transaction:
-    """settle(), tried a few times on a database error with a fresh connection each time."""
-    for try_number in range(1, SETTLE_TRIES + 1):
+    """settle(), tried again on a database error with a fresh connection each time."""
+    for pause_s in SETTLE_BACKOFF_S:
         try:
             return settle(transaction_id=transaction_id, result=result)
         except DatabaseError:
-            if try_number == SETTLE_TRIES:
-                raise
             release_db_connection()
-            time.sleep(SETTLE_BACKOFF_S[try_number - 1])
-    raise AssertionError("unreachable")
+            time.sleep(pause_s)
+    return settle(transaction_id=transaction_id, result=result)
 
 
 def _charge(txn: Transaction, client: provider.ProviderClient) -> ProviderResult:
@@ -515,7 +515,8 @@ def charge_retry(*, transaction_id: uuid.UUID, actor: str) -> ActionResult:
     claimed = _claim(
         Transaction.objects.filter(
             pk=transaction_id, status=Status.FAILED, attempts__lt=settings.PAYMENT_MAX_ATTEMPTS
-        )
+        ),
+        for_charge=True,
     )
     if claimed is None:
         return _skipped(
@@ -532,7 +533,7 @@ def charge_retry_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> ActionR
     """
     _ensure_provider_available()
     candidates = selectors.due_for_retry(now=timezone.now(), max_attempts=settings.PAYMENT_MAX_ATTEMPTS)
-    claimed = _claim(candidates, skip_ids=skip_ids)
+    claimed = _claim(candidates, skip_ids=skip_ids, for_charge=True)
     return None if claimed is None else _isolated(claimed, actor, _retry_claimed)
 
 
@@ -555,7 +556,6 @@ def _retry_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
     if not claimed.source:
         _put_back(claimed)
         return _skipped(claimed.pk, "no card token is stored for this transaction")
-    _mark_charge_started(claimed)
     result = _call_provider_for_claim(claimed, lambda client: _charge(claimed, client), kind="charge")
     if result.outcome in NOTHING_SENT:
         _put_back(claimed, attempts=result.attempts, kind="charge")
@@ -574,10 +574,6 @@ def _retry_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
         actor=actor,
     )
     return ActionResult(settled.pk, outcome, settled.status, settled.error_message)
-
-
-def _mark_charge_started(claimed: Transaction) -> None:
-    Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING).update(charge_started_at=timezone.now())
 
 
 def charge_reconcile(*, transaction_id: uuid.UUID, actor: str) -> ActionResult:
@@ -607,9 +603,7 @@ def charge_reconcile_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> Act
 
 def _reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
     if claimed.status == Status.PENDING:
-        claimed.status = Status.UNKNOWN  # abandoned mid-call: putting it back makes it unknown
-        claimed.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
-        claimed.error_code, claimed.error_message = INTERRUPTED["error_code"], INTERRUPTED["error_message"]
+        _assign(claimed, _interrupted_fields(claimed))  # abandoned mid-call: put back as unknown
     provider_key = claimed.provider_idempotency_key
     result = _call_provider_for_claim(
         claimed, lambda client: client.lookup(provider_key=provider_key), kind="lookup"
@@ -711,8 +705,11 @@ def _skipped(transaction_id: uuid.UUID, detail: str) -> ActionResult:
     return ActionResult(transaction_id, ActionOutcome.SKIPPED, current or "", detail)
 
 
-def _claim(candidates: QuerySet[Transaction], *, skip_ids: Collection[uuid.UUID] = ()) -> Transaction | None:
-    """Move the first of `candidates` to pending, so that nobody else works on it.
+def _claim(
+    candidates: QuerySet[Transaction], *, skip_ids: Collection[uuid.UUID] = (), for_charge: bool = False
+) -> Transaction | None:
+    """Move the first of `candidates` to pending, so that nobody else works on it (`for_charge`:
+    and mark when its charge call begins).
 
     Returns the row as it was before the claim, so that it can be put back, or None
     when no candidate is left. The conditional UPDATE re-checks the candidates'
@@ -724,17 +721,23 @@ def _claim(candidates: QuerySet[Transaction], *, skip_ids: Collection[uuid.UUID]
         if connection.features.has_select_for_update_skip_locked:
             with transaction.atomic():
                 rows = list(queryset.select_for_update(skip_locked=True)[:1])
-                claimed = _claim_first(candidates, rows)
+                claimed = _claim_first(candidates, rows, for_charge=for_charge)
         else:
             rows = list(queryset[:CLAIM_CANDIDATES])
-            claimed = _claim_first(candidates, rows)
+            claimed = _claim_first(candidates, rows, for_charge=for_charge)
         if claimed is not None or not rows:
             return claimed
 
 
-def _claim_first(candidates: QuerySet[Transaction], rows: list[Transaction]) -> Transaction | None:
+def _claim_first(
+    candidates: QuerySet[Transaction], rows: list[Transaction], *, for_charge: bool
+) -> Transaction | None:
     for txn in rows:
-        if candidates.filter(pk=txn.pk).update(status=Status.PENDING, updated_at=timezone.now()) == 1:
+        now = timezone.now()
+        changes = {"status": Status.PENDING, "updated_at": now}
+        if for_charge:
+            changes["charge_started_at"] = now
+        if candidates.filter(pk=txn.pk).update(**changes) == 1:
             return txn
     return None  # another process got there first
 
@@ -751,13 +754,13 @@ def _put_back(
         txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
         record_attempts(txn=txn, attempts=attempts, kind=kind)
         if txn.status == Status.PENDING:
-            txn.status = claimed.status
-            txn.error_type, txn.error_code = claimed.error_type, claimed.error_code
-            txn.error_message = claimed.error_message
-            txn.charge_started_at = claimed.charge_started_at
-            txn.review_reason = review_reason or txn.review_reason
-            txn.save()
-            Transaction.objects.filter(pk=claimed.pk).update(updated_at=claimed.updated_at)
+            restored = {
+                name: getattr(claimed, name)
+                for name in ("status", "error_type", "error_code", "error_message", "charge_started_at")
+            }
+            restored.update(review_reason=review_reason or txn.review_reason, updated_at=claimed.updated_at)
+            Transaction.objects.filter(pk=claimed.pk).update(**restored)
+            _assign(txn, restored)
     if review_reason:
         _log_needs_review(txn)
     return txn
@@ -789,10 +792,9 @@ def _call_provider_for_claim(
 
 
 def _mark_interrupted(claimed: Transaction) -> None:
-    changes: dict[str, Any] = {"status": Status.UNKNOWN, "next_retry_at": None}
-    if claimed.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
-        changes.update(error_type=Transaction.ErrorType.OUTCOME_UNKNOWN, **INTERRUPTED)
-    Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING).update(**changes)
+    Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING).update(
+        **_interrupted_fields(claimed), next_retry_at=None
+    )
     log_event(
         logger,
         "payment.call_interrupted",

@@ -25,6 +25,7 @@ Hypothesis's minimal sequence of steps, which is the reproduction.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 import time
@@ -35,7 +36,9 @@ from typing import Any
 import pytest
 import requests
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import OperationalError, connection
+from django.utils import timezone
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -221,7 +224,7 @@ class PaymentsMachine(RuleBasedStateMachine):
     @rule()
     def retry_command(self) -> None:
         REPORT.steps += 1
-        Transaction.objects.filter(status=Transaction.Status.FAILED).update(next_retry_at=_now())
+        Transaction.objects.filter(status=Transaction.Status.FAILED).update(next_retry_at=timezone.now())
         _run_command("retry_failed_payments")
 
     @precondition(lambda self: Transaction.objects.exists())
@@ -308,17 +311,9 @@ class PaymentsMachine(RuleBasedStateMachine):
                 assert rows[row["id"]].idempotency_key == answer.key, f"I6: {answer.key!r} shared a payment"
 
 
-def _now() -> Any:
-    from django.utils import timezone
-
-    return timezone.now()
-
-
 def _run_command(name: str) -> None:
-    from django.core.management.base import CommandError
-
     try:
-        call_command(name, "--json", stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))  # noqa: SIM115
+        call_command(name, "--json", stdout=io.StringIO(), stderr=io.StringIO())
     except CommandError as error:
         assert error.returncode == 1, f"{name} exited {error.returncode}: {error}"
     finally:
