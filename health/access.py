@@ -20,7 +20,7 @@ import threading
 from django.conf import settings
 from django.http import HttpRequest
 
-from paymentsite.log import log_event
+from core.events import log_event
 
 logger = logging.getLogger(__name__)
 

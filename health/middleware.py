@@ -15,8 +15,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.urls import resolve
 
+from core import metrics
 from health.access import warn_if_unconfigured
-from paymentsite import metrics
 
 # Exact paths: anything else goes through the whole chain, ALLOWED_HOSTS included.
 PROBE_PATHS = frozenset({"/health/live", "/health/ready"})
@@ -35,7 +35,7 @@ def route_label(request: HttpRequest) -> str:
 
 
 class RequestMetricsMiddleware:
-    """Counts and times every request by route, method and status class (paymentsite.metrics)."""
+    """Counts and times every request by route, method and status class (core.metrics)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

@@ -19,7 +19,7 @@ import requests
 from django.conf import settings
 from django.utils import timezone
 
-from paymentsite.log import log_event
+from core.events import log_event
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from health import selectors
+from core import metrics as app_metrics
+from health import report as health_report
 from health.access import Access, operator_access
-from paymentsite import metrics as app_metrics
 
 HEALTH_JSON = "application/health+json"
 
@@ -29,9 +29,9 @@ def live(request: HttpRequest) -> JsonResponse:
 @never_cache
 def ready(request: HttpRequest) -> JsonResponse:
     """Readiness: the database answers and the pool has a free connection. Pass/fail only."""
-    status = selectors.readiness()
+    status = health_report.readiness()
     return JsonResponse(
-        {"status": status}, status=503 if status == selectors.FAIL else 200, content_type=HEALTH_JSON
+        {"status": status}, status=503 if status == health_report.FAIL else 200, content_type=HEALTH_JSON
     )
 
 
@@ -45,8 +45,8 @@ def health(request: HttpRequest) -> HttpResponse:
     access = operator_access(request)
     if access is Access.INVALID:
         return _unauthorized(access)
-    report = selectors.health_report()
-    selectors.note_status_change(report)
+    report = health_report.health_report()
+    health_report.note_status_change(report)
     user = getattr(request, "user", None)
     if access is Access.OPERATOR:
         body = report.as_json()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from paymentsite.log import log_event
+from core.events import log_event
 
 logger = logging.getLogger(__name__)
 

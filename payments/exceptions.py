@@ -18,9 +18,9 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
+from core.events import log_event
+from core.logs.request_id import current_request_id
 from payments import outcomes
-from paymentsite.log import log_event
-from paymentsite.logs import current_request_id
 
 if TYPE_CHECKING:
     from payments.models import Transaction
@@ -222,7 +222,7 @@ def _flatten_detail(detail: Any) -> str:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every error leaves the API in one shape."""
-    from payments.db import is_pool_exhausted
+    from core.db import is_pool_exhausted
 
     if isinstance(exc, PaymentError):
         return payment_error_response(exc)

@@ -29,9 +29,9 @@ from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
+from core import metrics
+from core.events import log_event
 from payments.breaker import CircuitBreaker, CircuitOpen
-from paymentsite import metrics
-from paymentsite.log import log_event
 
 logger = logging.getLogger(__name__)
 

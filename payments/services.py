@@ -26,9 +26,12 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from core import metrics
+from core.db import release_db_connection
+from core.events import log_event
+from core.logs.request_id import current_request_id
 from payments import failpoints, provider, selectors
 from payments.breaker import CircuitOpen
-from payments.db import release_db_connection
 from payments.exceptions import (
     CardDeclined,
     ChargeCanceled,
@@ -44,9 +47,6 @@ from payments.exceptions import (
 )
 from payments.models import PaymentAttempt, Transaction, mask_source
 from payments.provider import Outcome, ProviderResult
-from paymentsite import metrics
-from paymentsite.log import log_event
-from paymentsite.logs import current_request_id
 
 logger = logging.getLogger(__name__)
 

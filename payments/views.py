@@ -64,7 +64,7 @@ TransactionPage = inline_serializer(
     },
 )
 
-# Response headers. X-Request-ID is on every answer (paymentsite.logs.RequestIdMiddleware).
+# Response headers. X-Request-ID is on every answer (core.logs.request_id.RequestIdMiddleware).
 REQUEST_ID = OpenApiParameter(
     "X-Request-ID",
     str,

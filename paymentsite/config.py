@@ -3,7 +3,7 @@
 Every problem is collected as one message naming the variable, the value and
 what is allowed. Settings keep a safe default for a bad value so that
 `manage.py check` can load and report all problems at once; the system check
-in `paymentsite.checks` turns them into errors that stop start-up.
+in `core.checks` turns them into errors that stop start-up.
 """
 
 from __future__ import annotations

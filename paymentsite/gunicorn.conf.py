@@ -52,7 +52,7 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
-REQUEST_ID_ATOM = "{x-request-id}o"  # the response's X-Request-ID (paymentsite.logs.RequestIdMiddleware)
+REQUEST_ID_ATOM = "{x-request-id}o"  # the response's X-Request-ID (core.logs.request_id.RequestIdMiddleware)
 
 
 class AccessRequestId(logging.Filter):
@@ -76,9 +76,9 @@ logconfig_dict = {
     "disable_existing_loggers": False,
     "formatters": {
         "app": {
-            "()": "paymentsite.logs.JsonFormatter"
+            "()": "core.logs.formatters.JsonFormatter"
             if app_settings.LOG_FORMAT == "json"
-            else "paymentsite.logs.ConsoleFormatter"
+            else "core.logs.formatters.ConsoleFormatter"
         }
     },
     "filters": {"access_request_id": {"()": AccessRequestId}},
@@ -118,7 +118,7 @@ PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 
 def _stop_on_invalid_configuration(server: Any) -> None:
-    """Stop the master, before it binds, on a bad value (see paymentsite.checks).
+    """Stop the master, before it binds, on a bad value (see core.checks).
 
     A worker that stops is only replaced by another that stops the same way, so the
     master checks first and exits with gunicorn's own "worker failed to boot" status.
@@ -130,7 +130,7 @@ def _stop_on_invalid_configuration(server: Any) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paymentsite.settings")
     import django
 
-    from paymentsite.checks import raise_if_misconfigured
+    from core.checks import raise_if_misconfigured
 
     django.setup()
     try:
@@ -153,8 +153,8 @@ def post_worker_init(worker: Any) -> None:
     # The app is loaded in this worker: start its own threads, after the fork. The provider
     # probe runs before the first /health/ asks; the publisher writes pool and breaker
     # gauges for the other workers' scrapes (multiprocess mode only).
+    from core import metrics
     from health.probe import provider_probe
-    from paymentsite import metrics
 
     provider_probe.start()
     metrics.start_state_publisher()

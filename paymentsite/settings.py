@@ -13,8 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import environ
 
+from core.logs.config import logging_config
 from paymentsite.config import ENCRYPTED_SSL_MODES, PRODUCTION, EnvReader
-from paymentsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -70,13 +70,14 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "core",
     "apikeys",
     "payments",
     "health",
 ]
 
 MIDDLEWARE = [
-    "paymentsite.logs.RequestIdMiddleware",
+    "core.logs.request_id.RequestIdMiddleware",
     "health.middleware.RequestMetricsMiddleware",
     # Before anything that validates the Host header: probes send the pod IP.
     "health.middleware.ProbeMiddleware",
@@ -151,7 +152,7 @@ else:
     # connection per thread as they would on MariaDB.
     _database["TEST"] = {"NAME": str(BASE_DIR / f".{config.str('DB_TEST_NAME') or 'test-db'}.sqlite3")}
 DATABASES = {"default": _database}
-# Checked on every new pooled connection (paymentsite.checks): libmariadb's REQUIRED alone
+# Checked on every new pooled connection (core.checks): libmariadb's REQUIRED alone
 # would fall back to plain text on a server without TLS.
 DATABASE_REQUIRES_TLS = _database.get("OPTIONS", {}).get("ssl_mode") in ENCRYPTED_SSL_MODES
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

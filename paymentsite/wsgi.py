@@ -8,6 +8,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paymentsite.settings")
 
 application = get_wsgi_application()
 
-from paymentsite.checks import raise_if_misconfigured  # noqa: E402  (needs settings loaded)
+from core.checks import raise_if_misconfigured  # noqa: E402  (needs settings loaded)
 
 raise_if_misconfigured()

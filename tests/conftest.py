@@ -11,8 +11,8 @@ from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from apikeys.models import APIKey
+from core.db import reset_pool
 from payments import provider
-from payments.db import reset_pool
 from payments.fake_provider import FakeProvider
 
 TEST_API_KEY = "sk_test_fake_for_tests"

@@ -12,7 +12,7 @@ from django.db import connection, connections
 from django.http import HttpResponse
 from django.test import Client, override_settings
 
-from payments.db import reset_pool
+from core.db import reset_pool
 
 OPERATOR_TOKEN = "operator-token-for-tests-0123456789"
 

@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
-from health import selectors
+from health import report
 from payments import provider
 from payments.fake_provider import FakeProvider
 from tests.conftest import TEST_API_KEY
@@ -164,7 +164,7 @@ def test_open_breaker_warns_and_status_change_is_logged_once(
 def test_first_status_of_a_process_is_logged_as_its_initial_state(
     health_client: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(selectors, "_last_status", None)  # as in a process that just started
+    monkeypatch.setattr(report, "_last_status", None)  # as in a process that just started
 
     with caplog.at_level(logging.INFO, logger="health"):
         get_health(health_client)

@@ -15,7 +15,8 @@ import pytest
 from django.conf import settings as django_settings
 from moto.server import ThreadedMotoServer
 
-from paymentsite.logs import CloudWatchHandler, logging_config
+from core.logs.cloudwatch import CloudWatchHandler
+from core.logs.config import logging_config
 
 AWS_REGION = "us-east-1"
 ConfigureLogging = Callable[..., logging.Handler | None]

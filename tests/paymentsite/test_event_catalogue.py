@@ -8,7 +8,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from paymentsite.log import EVENT_CATALOGUE
+from core.events import EVENT_CATALOGUE
 
 SOURCE_DIRS = ("payments", "paymentsite", "health", "apikeys")
 EVENT_NAME = re.compile(r"[a-z]+\.[a-z_]+")

@@ -14,8 +14,8 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from paymentsite.log import log_event
-from paymentsite.logs import REDACTED, redact
+from core.events import log_event
+from core.logs.redaction import REDACTED, redact
 from tests.conftest import TEST_API_KEY, pool_options, requires_pooled_mysql
 from tests.health.helpers import held_connections
 from tests.paymentsite.conftest import ConfigureLogging, ShippedLogs

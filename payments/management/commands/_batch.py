@@ -24,10 +24,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db.models import QuerySet
 
+from core.events import log_event
 from payments.exceptions import ProviderUnavailable
 from payments.models import Transaction
 from payments.services import ERROR_OUTCOMES, ActionOutcome, ActionResult
-from paymentsite.log import log_event
 
 logger = logging.getLogger("payments.commands")
 

@@ -20,14 +20,14 @@ from typing import Any
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from health.pool import UTILIZATION_WARN, pool_snapshot
+from core.db import is_pool_exhausted, is_pooled, release_db_connection
+from core.events import log_event
+from core.pool import UTILIZATION_WARN, pool_snapshot
 from health.probe import provider_probe
 from payments import provider
 from payments.breaker import CLOSED, HALF_OPEN
-from payments.db import is_pool_exhausted, is_pooled, release_db_connection
-from paymentsite.log import log_event
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("health.selectors")  # the name it had before the move
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 

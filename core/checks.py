@@ -11,9 +11,9 @@ from django.core import checks
 from sqlalchemy import event
 from sqlalchemy.pool import QueuePool
 
-from paymentsite.log import log_event
+from core.events import log_event
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("paymentsite.checks")  # the name it had before the move
 
 
 @checks.register(checks.Tags.compatibility, deploy=False)

@@ -1,6 +1,6 @@
 """manage.py check_logging: prove that log events reach the configured CloudWatch log group.
 
-Emits one event of each kind in the event catalogue (paymentsite.log.EVENT_CATALOGUE)
+Emits one event of each kind in the event catalogue (core.events.EVENT_CATALOGUE)
 at its usual level, each with this run's `check_id` field, through the process's
 own logging (so through the same handler and sending thread as the service);
 flushes the handler; reads the group back with filter_log_events (the quoted
@@ -24,8 +24,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from paymentsite.log import EVENT_CATALOGUE, log_event
-from paymentsite.logs import CloudWatchHandler, active_cloudwatch_handler, redact
+from core.events import EVENT_CATALOGUE, log_event
+from core.logs.cloudwatch import CloudWatchHandler, active_cloudwatch_handler
+from core.logs.redaction import redact
 
 logger = logging.getLogger("paymentsite.check_logging")
 

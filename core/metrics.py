@@ -28,9 +28,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from paymentsite.log import log_event
+from core.events import log_event
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("paymentsite.metrics")  # the name it had before the move: dashboards filter on it
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 

@@ -1,7 +1,7 @@
 """What each database pool in this process is doing: statistics, events, checkout waits, exhaustion.
 
 django-db-connection-pool builds one SQLAlchemy QueuePool per alias per process
-on the first query (payments.db finds it). A class-level SQLAlchemy
+on the first query (core.db finds it). A class-level SQLAlchemy
 `first_connect` listener instruments it once: pool events are counted, and the pool's
 `_do_get` (the one place a checkout waits, and where an exhausted pool raises
 its TimeoutError) is wrapped to time the wait and count the exhaustion at its
@@ -30,11 +30,11 @@ from sqlalchemy import event
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import QueuePool
 
-from payments.db import get_pool, pools
-from paymentsite import metrics
-from paymentsite.log import log_event
+from core import metrics
+from core.db import get_pool, pools
+from core.events import log_event
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("health.pool")  # the name it had before the move
 
 WAIT_SAMPLES = 1024
 # Exhaustions closer together than this are one burst, logged once.
