@@ -25,7 +25,7 @@ from core.events import log_event
 from core.pool import UTILIZATION_WARN, pool_snapshot
 from health.probe import provider_probe
 from payments import provider
-from payments.breaker import CLOSED, HALF_OPEN
+from payments.provider import CLOSED, HALF_OPEN
 
 logger = logging.getLogger("health.selectors")  # the name it had before the move
 

@@ -19,7 +19,7 @@ from django.views.decorators.cache import never_cache
 from apikeys.models import APIKey
 from payments import outcomes
 from payments.currencies import MINOR_UNIT_DIGITS
-from payments.services import SUPPORT_GROUP_NAME
+from payments.roles import SUPPORT_GROUP_NAME
 
 # The fake provider's test cards (README, "The fake provider"). With a real
 # provider the card is tokenized by the provider's own form, never by us.

@@ -159,6 +159,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Payment provider ---------------------------------------------------------
 
+# The provider adapter (payments.provider's factory); a second provider is one new module.
+PAYMENT_PROVIDER_CLASS = "payments.provider.http.HttpProvider"
 PAYMENT_SERVICE_URL = config.provider_url("PAYMENT_SERVICE_URL", required=True)
 
 

@@ -11,7 +11,7 @@ from payments import services
 from payments.exceptions import PaymentError
 from payments.fake_provider import FakeProvider
 from payments.models import PaymentAttempt, Transaction
-from payments.services import ActionOutcome
+from payments.services import ActionOutcome, claims
 from tests.payments.factories import charge, failed, stale_pending, unknown
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -141,7 +141,7 @@ def test_interrupt_before_the_provider_call_puts_the_claimed_row_back(
     def interrupted() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(services, "release_db_connection", interrupted)
+    monkeypatch.setattr(claims, "release_db_connection", interrupted)
     txn = failed()
 
     with pytest.raises(KeyboardInterrupt):

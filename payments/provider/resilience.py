@@ -1,21 +1,25 @@
-"""A circuit breaker in front of the provider.
+"""The breaker and the bulkhead in front of a provider, as one object: `Resilience`.
 
-Written by hand because pybreaker's `CircuitBreaker.call` holds one lock for
+The circuit breaker is written by hand because pybreaker's `CircuitBreaker.call` holds one lock for
 the whole guarded call: every charge in a process would wait for the one
 before it. Here the lock guards only the few fields below, never a network call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from core.events import log_event
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("payments.provider.resilience")  # the name it had before the move
+
+T = TypeVar("T")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -34,6 +38,10 @@ class CircuitOpen(Exception):
     def __init__(self, retry_after_s: int) -> None:
         super().__init__(f"circuit open, retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
+
+
+class ProviderBusy(Exception):
+    """The bulkhead is full: this process already has its limit of calls waiting on the provider."""
 
 
 class CircuitBreaker:
@@ -132,3 +140,58 @@ class CircuitBreaker:
             self._state = CLOSED
             self._failures = 0
             self._trial_in_flight = False
+
+
+class Resilience:
+    """What stands between the services and one provider: the breaker and a bulkhead.
+
+    The services use it only through `admit` and `call_slot`; the adapter wraps each
+    network call in `guard`. A hanging provider must not take every thread, or /health/
+    and the admin stop answering: the bulkhead caps the calls one process has waiting.
+    """
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int,
+        reset_timeout_s: float,
+        max_concurrent_calls: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.breaker = CircuitBreaker(
+            failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s, clock=clock
+        )
+        self._slots = threading.BoundedSemaphore(max_concurrent_calls)
+
+    def admit(self) -> None:
+        """Raise CircuitOpen when a call would be refused now; claims nothing."""
+        self.breaker.check()
+
+    @contextlib.contextmanager
+    def call_slot(self) -> Iterator[None]:
+        """Hold one of the bulkhead's slots; CircuitOpen or ProviderBusy at once, holding nothing."""
+        self.admit()
+        if not self._slots.acquire(blocking=False):
+            raise ProviderBusy()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def guard(self, call: Callable[[], T], *, unwell: Callable[[T], bool]) -> T:
+        """Run one network call through the breaker (CircuitOpen when it refuses), counting
+        the result as a failure when `unwell` says so, or when the call raises."""
+        self.breaker.before_call()
+        failed = True  # an exception escaping below must not leave a half-open trial claimed for good
+        try:
+            result = call()
+            failed = unwell(result)
+            return result
+        finally:
+            if failed:
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
+
+    def state(self) -> str:
+        return self.breaker.snapshot().state

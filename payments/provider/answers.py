@@ -1,0 +1,115 @@
+"""Reading one provider answer: its status and body checked at the boundary.
+
+Anything that cannot be trusted (not JSON, a bad id, an odd status) is an unknown outcome,
+never a failure: the provider may have charged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import requests
+
+from payments.provider.interface import CAUSES, Cause, Outcome, ProviderResult, describe
+
+CHARGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def cause_of_status(http_status: int) -> Cause:
+    """The cause an answer's status alone implies (a 2xx body is checked separately)."""
+    if 200 <= http_status < 300:
+        return Cause.SUCCEEDED
+    if http_status == 402:
+        return Cause.DECLINED
+    if http_status in (400, 422):
+        # The provider refused this request (an unknown token, say): sending the same body
+        # again cannot succeed, and nothing was charged.
+        return Cause.REJECTED
+    if http_status in (401, 403):
+        return Cause.MISCONFIGURED
+    if http_status == 404:
+        return Cause.NOT_FOUND
+    if http_status == 409:
+        return Cause.IN_FLIGHT
+    if http_status == 429:
+        return Cause.RATE_LIMITED
+    if http_status >= 500:
+        return Cause.PROVIDER_ERROR
+    return Cause.UNUSABLE  # 1xx/3xx: redirects are not followed; nothing says what happened
+
+
+def _json_object(response: requests.Response) -> dict[str, Any] | None:
+    try:
+        data = response.json()
+    except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def cause_of_answer(result: ProviderResult) -> Cause:
+    """The last attempt's cause: a checked answer's code names it, but a decline's is its reason."""
+    return Cause.DECLINED if result.outcome == Outcome.DECLINED else Cause(result.code)
+
+
+def _unusable(http_status: int, why: str) -> ProviderResult:
+    return ProviderResult(
+        outcome=Outcome.UNKNOWN, http_status=http_status, code=Cause.UNUSABLE.value, message=why
+    )
+
+
+def result_from_response(response: requests.Response) -> ProviderResult:
+    """Validate the answer at the boundary: anything we cannot trust is an unknown outcome."""
+    http_status = response.status_code
+    cause = cause_of_status(http_status)
+    data = _json_object(response)
+    error = data.get("error") if data and isinstance(data.get("error"), dict) else {}
+    if cause == Cause.SUCCEEDED:
+        if data is None:
+            return _unusable(http_status, f"HTTP {http_status} with a body that is not a JSON object")
+        charge_id, charge_status = data.get("id"), data.get("status")
+        if not isinstance(charge_id, str) or not CHARGE_ID_PATTERN.match(charge_id):
+            return _unusable(http_status, f"HTTP {http_status} without a valid charge id")
+        if charge_status == "declined":
+            return _declined(http_status, error, charge_id=charge_id)
+        if charge_status != "succeeded":
+            return _unusable(http_status, f"HTTP {http_status} with an unexpected charge status")
+        return ProviderResult(
+            outcome=Outcome.SUCCEEDED, http_status=http_status, charge_id=charge_id, code=cause.value
+        )
+    if cause == Cause.DECLINED:
+        return _declined(http_status, error, charge_id="")
+    if cause == Cause.REJECTED and error.get("type") == "idempotency_error":
+        # The provider has this key with another body: the first request may have charged.
+        return _unusable(http_status, f"HTTP {http_status}: the provider holds this key with another request")
+    message = describe(cause, http_status)
+    if cause == Cause.REJECTED:
+        provider_code = _safe_code(error.get("code") or error.get("type"))
+        message = f"The provider refused the request ({provider_code or f'HTTP {http_status}'})."
+    retry_after = response.headers.get("Retry-After", "")
+    return ProviderResult(
+        outcome=CAUSES[cause][0],
+        http_status=http_status,
+        code=cause.value,
+        message=message,
+        retry_after_s=int(retry_after) if retry_after.isdigit() else 0,
+    )
+
+
+_SAFE_CODE = re.compile(r"^[a-z0-9_]{1,64}$")
+
+
+def _safe_code(value: object) -> str:
+    """A provider's error code, only if it looks like one (it ends up in our API's answers)."""
+    return value if isinstance(value, str) and _SAFE_CODE.match(value) else ""
+
+
+def _declined(http_status: int, error: dict, *, charge_id: str) -> ProviderResult:
+    code = _safe_code(error.get("decline_code")) or _safe_code(error.get("code")) or "card_declined"
+    return ProviderResult(
+        outcome=Outcome.DECLINED,
+        http_status=http_status,
+        charge_id=charge_id,
+        code=code,
+        message=f"The card was declined ({code}).",
+    )

@@ -1,0 +1,129 @@
+"""The provider port: what one call to a payment provider established, in the service's words.
+
+Every adapter (payments.provider.http is the one in use) returns these types, whatever the
+provider's own protocol: the cause of each HTTP attempt, the outcome of the whole call, and
+whether an attempt may have reached the provider. `payments.outcomes` turns them into answers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from payments.provider.resilience import Resilience
+
+
+class Outcome(enum.StrEnum):
+    """What one call (all its HTTP attempts) established. See `payments.outcomes`."""
+
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    REJECTED = "rejected"  # 400/422: the provider refused the request itself; nothing charged
+    UNKNOWN = "unknown"  # the provider may have charged: the cause is in `code`
+    CONNECTION_ERROR = "provider_connection_error"  # nothing was sent
+    PROVIDER_ERROR = "provider_error"  # the provider answered that it did not charge (5xx, 429)
+    MISCONFIGURED = "provider_misconfigured"  # 401/403/404: our key or URL is wrong
+    UNAVAILABLE = "provider_unavailable"  # refused by the open breaker: nothing was sent
+    NOT_FOUND = "not_found"  # a lookup only: the provider has no charge with this key
+
+
+class Cause(enum.StrEnum):
+    """What one HTTP attempt saw. Stored in the attempt log and as the error code."""
+
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    REJECTED = "rejected"
+    TIMEOUT = "provider_timeout"  # sent, no answer within the read timeout
+    DROPPED = "connection_dropped"  # the connection broke after the request may have been sent
+    IN_FLIGHT = "request_in_flight"  # 409: an earlier attempt with this key is still being processed
+    UNUSABLE = "unusable_answer"  # an answer that cannot be trusted (not JSON, bad id, odd status)
+    CONNECTION_ERROR = "connection_error"  # refused, DNS, TLS handshake, connect timeout: not sent
+    PROVIDER_ERROR = "provider_error"  # 5xx: the provider says it did not process the request
+    RATE_LIMITED = "rate_limited"  # 429: not processed
+    MISCONFIGURED = "provider_misconfigured"  # 401/403, or 404 on a charge
+    NOT_FOUND = "not_found"
+
+
+# Cause of an attempt -> (the call's outcome if it was the last attempt, may it have charged?)
+CAUSES: dict[Cause, tuple[Outcome, bool]] = {
+    Cause.SUCCEEDED: (Outcome.SUCCEEDED, True),
+    Cause.DECLINED: (Outcome.DECLINED, True),
+    Cause.REJECTED: (Outcome.REJECTED, True),
+    Cause.TIMEOUT: (Outcome.UNKNOWN, True),
+    Cause.DROPPED: (Outcome.UNKNOWN, True),
+    Cause.IN_FLIGHT: (Outcome.UNKNOWN, True),
+    Cause.UNUSABLE: (Outcome.UNKNOWN, True),
+    Cause.CONNECTION_ERROR: (Outcome.CONNECTION_ERROR, False),
+    Cause.PROVIDER_ERROR: (Outcome.PROVIDER_ERROR, True),
+    Cause.RATE_LIMITED: (Outcome.PROVIDER_ERROR, True),
+    Cause.MISCONFIGURED: (Outcome.MISCONFIGURED, True),
+    Cause.NOT_FOUND: (Outcome.NOT_FOUND, True),
+}
+# Attempts that say the provider is unwell: these, and only these, count towards opening the breaker.
+BREAKER_FAILURES = frozenset(
+    {Cause.TIMEOUT, Cause.DROPPED, Cause.UNUSABLE, Cause.CONNECTION_ERROR, Cause.PROVIDER_ERROR}
+)
+# Definitive answers: nothing later in the same call can make them unknown.
+DEFINITIVE = frozenset({Outcome.SUCCEEDED, Outcome.DECLINED, Outcome.REJECTED, Outcome.NOT_FOUND})
+
+
+@dataclass(frozen=True)
+class Attempt:
+    started_at: datetime
+    duration_ms: int
+    http_status: int | None
+    outcome: str  # a Cause
+    message: str = ""
+
+    @property
+    def reached_provider(self) -> bool:
+        """False only when the request can not have left this host (the connection never opened)."""
+        return CAUSES[Cause(self.outcome)][1]
+
+
+@dataclass(frozen=True)
+class ProviderResult:
+    outcome: Outcome
+    attempts: tuple[Attempt, ...] = ()
+    charge_id: str = ""
+    http_status: int | None = None
+    code: str = ""
+    message: str = ""
+    retry_after_s: int = 0
+
+    @property
+    def charged(self) -> bool:
+        return self.outcome == Outcome.SUCCEEDED
+
+    @property
+    def reached_provider(self) -> bool:
+        return any(attempt.reached_provider for attempt in self.attempts)
+
+
+_FIXED_MESSAGES = {
+    Cause.TIMEOUT: "no answer within the read timeout",
+    Cause.DROPPED: "the connection broke after the request may have been sent",
+    Cause.CONNECTION_ERROR: "could not open a connection to the provider; nothing was sent",
+}
+
+
+def describe(cause: Cause, http_status: int | None = None) -> str:
+    """A fixed message per cause: no host names, ports, URLs or exception text (those go to the log)."""
+    if cause in _FIXED_MESSAGES:
+        return _FIXED_MESSAGES[cause]
+    return f"HTTP {http_status}" if http_status else cause.value.replace("_", " ")
+
+
+class PaymentProvider(Protocol):
+    """What the services need of a provider adapter (a second provider implements this)."""
+
+    resilience: Resilience
+
+    def charge(
+        self, *, provider_key: str, amount: int, currency: str, source: str, reference: str, description: str
+    ) -> ProviderResult: ...
+
+    def lookup(self, *, provider_key: str) -> ProviderResult: ...

@@ -1,0 +1,42 @@
+"""Operations on payments, by use case: the API, the admin and the commands all call these.
+
+- `charge`: the charge path (the API's one write).
+- `support`: retry, reconcile, cancel and flag (support staff and the batch commands).
+- `settlement`: recording a provider's answer under a row lock; `claims`: taking a row to
+  work on and giving it back.
+- `users`: setting up support staff.
+
+The names below are the services' public interface; entry points import them from here.
+"""
+
+from payments.roles import SUPPORT_GROUP_NAME
+from payments.services.charge import Charged, ChargeRequest, charge_create
+from payments.services.claims import ERROR_OUTCOMES, ActionOutcome, ActionResult
+from payments.services.settlement import reconcile_after
+from payments.services.support import (
+    charge_cancel,
+    charge_reconcile,
+    charge_reconcile_next,
+    charge_retry,
+    charge_retry_next,
+    flag_exhausted,
+)
+from payments.services.users import support_user_create
+
+__all__ = [
+    "ERROR_OUTCOMES",
+    "SUPPORT_GROUP_NAME",
+    "ActionOutcome",
+    "ActionResult",
+    "ChargeRequest",
+    "Charged",
+    "charge_cancel",
+    "charge_create",
+    "charge_reconcile",
+    "charge_reconcile_next",
+    "charge_retry",
+    "charge_retry_next",
+    "flag_exhausted",
+    "reconcile_after",
+    "support_user_create",
+]

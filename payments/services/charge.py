@@ -1,0 +1,255 @@
+"""The charge path: the API's one write.
+
+The rule that shapes this module: no database transaction, and no pooled connection, is held
+while the provider is called. A charge is "short write, release the connection, call the
+provider, short write".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+
+from core.db import release_db_connection
+from core.events import log_event
+from core.logs.request_id import current_request_id
+from payments import failpoints, provider, selectors
+from payments.exceptions import (
+    CardDeclined,
+    ChargeCanceled,
+    IdempotencyConflict,
+    NeedsReview,
+    OutcomeUnknown,
+    ProviderRejected,
+    ProviderUnavailable,
+    RequestInProgress,
+    RetryScheduled,
+)
+from payments.models import Transaction, mask_source
+from payments.provider import Outcome, ProviderResult
+from payments.services.claims import put_back
+from payments.services.settlement import (
+    NOTHING_SENT,
+    alarm_misconfigured,
+    assign,
+    interrupted_fields,
+    reconcile_after,
+    send_charge,
+    settle_with_retry,
+)
+
+logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
+
+Status = Transaction.Status
+
+
+@dataclass(frozen=True)
+class Charged:
+    transaction: Transaction
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    amount: int
+    currency: str
+    source: str
+    description: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(
+            [self.amount, self.currency, self.source, self.description, self.metadata],
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def charge_create(
+    *, client: AbstractBaseUser, request: ChargeRequest, idempotency_key: str | None
+) -> Charged:
+    """Charge once. Returns the succeeded transaction or raises a PaymentError.
+
+    With an idempotency key, a completed charge is replayed, a failed or unknown one is sent
+    again with the same provider key (the provider charges a key at most once), and one in
+    flight is a conflict.
+    """
+    if idempotency_key is not None:
+        existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key)
+        if existing is not None:
+            return _resume(existing, request.fingerprint())
+    with _provider_call_slot():
+        failpoints.hit("charge.before_insert")
+        txn = _insert_pending(client=client, request=request, idempotency_key=idempotency_key)
+        if txn is not None:
+            return _call_provider_and_settle(txn, previous=None)
+    # Another request with the same key inserted first.
+    existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key or "")
+    if existing is None:
+        raise RequestInProgress()
+    return _resume(existing, request.fingerprint())
+
+
+def _insert_pending(
+    *, client: AbstractBaseUser, request: ChargeRequest, idempotency_key: str | None
+) -> Transaction | None:
+    """The pending row, committed before the provider is called; None if the key is taken."""
+    try:
+        with transaction.atomic():
+            return Transaction.objects.create(
+                client=client,
+                amount=request.amount,
+                currency=request.currency,
+                source=request.source,
+                source_masked=mask_source(request.source),
+                description=request.description,
+                metadata=request.metadata,
+                idempotency_key=idempotency_key,
+                request_fingerprint=request.fingerprint(),
+                status=Status.PENDING,
+                charge_started_at=timezone.now(),
+                last_request_id=current_request_id() or "",
+            )
+    except IntegrityError:
+        if idempotency_key is None:
+            raise
+        return None
+
+
+def _resume(txn: Transaction, fingerprint: str) -> Charged:
+    if txn.request_fingerprint != fingerprint:
+        raise IdempotencyConflict(transaction=txn)
+    sendable = txn.status in (Status.FAILED, Status.UNKNOWN) and txn.attempts < settings.PAYMENT_MAX_ATTEMPTS
+    abandoned = txn.status == Status.PENDING and txn.updated_at < timezone.now() - reconcile_after()
+    if not (sendable or abandoned):
+        return raise_for_status(txn, replayed=True)
+    with _provider_call_slot():
+        # Sending again with the same provider key is safe: the provider charges it at most once.
+        previous = _claim_for_charge(txn)
+        if previous is None:
+            raise RequestInProgress(transaction=selectors.transaction_get(transaction_id=txn.pk))
+        return _call_provider_and_settle(previous, previous=previous)
+
+
+def _claim_for_charge(txn: Transaction) -> Transaction | None:
+    """Move the row to pending with a conditional UPDATE, so only one caller sends it.
+
+    Returns the row as it was before the claim (to put it back), or None if another got it.
+    """
+    if txn.status == Status.PENDING:
+        candidates = Transaction.objects.filter(
+            pk=txn.pk, status=Status.PENDING, updated_at__lt=timezone.now() - reconcile_after()
+        )
+    else:
+        candidates = Transaction.objects.filter(
+            pk=txn.pk, status=txn.status, attempts__lt=settings.PAYMENT_MAX_ATTEMPTS
+        )
+    now = timezone.now()
+    changes: dict[str, Any] = {
+        "status": Status.PENDING,
+        "updated_at": now,
+        "charge_started_at": now,
+        "last_request_id": current_request_id() or "",
+    }
+    # Abandoned mid-call by a process that died: the provider may have charged it.
+    interrupted = interrupted_fields(txn) if txn.status == Status.PENDING else {}
+    changes.update({name: value for name, value in interrupted.items() if name != "status"})
+    if candidates.update(**changes) != 1:
+        return None
+    assign(txn, interrupted)  # as it is to be put back
+    return txn
+
+
+@contextlib.contextmanager
+def _provider_call_slot() -> Iterator[None]:
+    """Refuse at once, writing nothing, when the provider cannot take the call now.
+
+    Either the breaker is open, or this process already has
+    PAYMENT_MAX_CONCURRENT_CALLS requests waiting on the provider: a hanging
+    provider must not take every thread, or /health/ and the admin stop answering.
+    """
+    try:
+        with provider.get_client().resilience.call_slot():
+            yield
+    except provider.CircuitOpen as exc:
+        raise ProviderUnavailable(code="circuit_open", retry_after_s=exc.retry_after_s) from exc
+    except provider.ProviderBusy as exc:
+        raise ProviderUnavailable(code="provider_busy", retry_after_s=1) from exc
+
+
+def _call_provider_and_settle(txn: Transaction, *, previous: Transaction | None) -> Charged:
+    """Send the charge and record its outcome. `previous`: the row before it was claimed
+    (None for a row this request just inserted)."""
+    # The pending row is committed; give the connection back before the provider call,
+    # which may take seconds (the incident's root cause).
+    release_db_connection()
+    failpoints.hit("charge.before_call")
+    result = send_charge(txn, provider.get_client())
+    failpoints.hit("charge.after_call")
+    if result.outcome in NOTHING_SENT:
+        _unsend(txn, previous=previous, result=result)
+        if result.outcome == Outcome.MISCONFIGURED:
+            alarm_misconfigured(result)
+            raise ProviderUnavailable(code="provider_misconfigured", retry_after_s=60)
+        raise ProviderUnavailable(code=result.code, retry_after_s=max(1, result.retry_after_s))
+    try:
+        settled = settle_with_retry(transaction_id=txn.pk, result=result)
+    except DatabaseError as exc:
+        # The provider was called but its answer could not be saved: whatever it said, the row
+        # is still pending and reconcile_payments will settle it. Never "busy, not charged".
+        log_event(
+            logger,
+            "payment.settle_failed",
+            level=logging.ERROR,
+            message=f"Could not record the provider's answer ({result.outcome}): {type(exc).__name__}",
+            transaction_id=str(txn.pk),
+            outcome=result.outcome.value,
+            provider_charge_id=result.charge_id,
+        )
+        txn.status, txn.error_type, txn.error_code = Status.UNKNOWN, "outcome_unknown", "settle_failed"
+        raise OutcomeUnknown(code="settle_failed", transaction=txn) from exc
+    return raise_for_status(settled)
+
+
+def _unsend(txn: Transaction, *, previous: Transaction | None, result: ProviderResult) -> None:
+    """Nothing was charged: forget a row this request inserted, or put a claimed one back.
+
+    A breaker refusal or a provider that refuses our credentials must leave nothing that a
+    command would charge later, while the caller is told "not charged".
+    """
+    with transaction.atomic():
+        if previous is None:
+            Transaction.objects.filter(pk=txn.pk, status=Status.PENDING).delete()
+        else:
+            put_back(previous, attempts=result.attempts, kind="charge")
+
+
+def raise_for_status(txn: Transaction, *, replayed: bool = False) -> Charged:
+    """Turn a transaction into the API's answer: itself, or the typed error of its row in
+    payments.outcomes."""
+    if txn.status == Status.SUCCEEDED:
+        return Charged(transaction=txn, replayed=replayed)
+    if txn.status == Status.DECLINED and txn.error_type == Transaction.ErrorType.PROVIDER_REJECTED:
+        raise ProviderRejected(transaction=txn, replayed=replayed, extra={"provider_code": txn.error_code})
+    if txn.status == Status.DECLINED:
+        raise CardDeclined(transaction=txn, replayed=replayed, extra={"decline_code": txn.error_code})
+    if txn.status == Status.CANCELED:
+        raise ChargeCanceled(transaction=txn, replayed=replayed)
+    if txn.status == Status.PENDING:
+        raise RequestInProgress(transaction=txn)
+    if txn.status == Status.UNKNOWN:
+        raise OutcomeUnknown(code=txn.error_code or "interrupted", transaction=txn, replayed=replayed)
+    if txn.next_retry_at is None or txn.attempts >= settings.PAYMENT_MAX_ATTEMPTS:
+        raise NeedsReview(transaction=txn, replayed=replayed)
+    raise RetryScheduled(code=txn.error_code or "provider_error", transaction=txn, replayed=replayed)

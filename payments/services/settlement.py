@@ -1,0 +1,264 @@
+"""Settlement: recording what the provider said, under a row lock, in one short transaction.
+
+The rules of payments.outcomes: a definitive answer settles any row that is not final; after a
+charge call, anything else leaves the row unknown if this call or any earlier one may have
+charged (unknown is sticky), failed otherwise. Every path that records an answer (the charge
+path, support actions, the batch commands) comes through here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.utils import timezone
+
+from core import metrics
+from core.db import release_db_connection
+from core.events import log_event
+from payments import failpoints, provider, selectors
+from payments.exceptions import (
+    ProviderUnavailable,
+)
+from payments.models import PaymentAttempt, Transaction
+from payments.provider import Outcome, ProviderResult
+
+logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
+
+Status = Transaction.Status
+
+
+RETRY_BASE_DELAY_S = 60
+
+RETRY_MAX_DELAY_S = 3600
+
+
+def reconcile_after() -> timedelta:
+    return timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S)
+
+
+def interrupted_fields(txn: Transaction) -> dict[str, Any]:
+    """What makes a row whose provider call was cut off `unknown`; an earlier unknown cause stays."""
+    fields: dict[str, Any] = {"status": Status.UNKNOWN}
+    if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
+        fields.update(
+            error_type=Transaction.ErrorType.OUTCOME_UNKNOWN,
+            error_code="interrupted",
+            error_message="The process sending it stopped during the provider call.",
+        )
+    return fields
+
+
+def assign(txn: Transaction, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        setattr(txn, name, value)
+
+
+def ensure_provider_available() -> None:
+    """Raise ProviderUnavailable, claiming nothing, while the circuit breaker is open."""
+    try:
+        provider.get_client().resilience.admit()
+    except provider.CircuitOpen as exc:
+        raise ProviderUnavailable(code="circuit_open", retry_after_s=exc.retry_after_s) from exc
+
+
+def alarm_misconfigured(result: ProviderResult) -> None:
+    provider.note_misconfigured(result.http_status)
+    log_event(
+        logger,
+        "provider.misconfigured",
+        level=logging.ERROR,
+        message=f"The provider refused our request with HTTP {result.http_status}: check "
+        "PAYMENT_API_KEY and PAYMENT_SERVICE_URL. No payment is sent until this is fixed.",
+        http_status=result.http_status,
+    )
+
+
+# Answers after which the provider holds no charge and nothing will send one: the row goes back.
+NOTHING_SENT = frozenset({Outcome.UNAVAILABLE, Outcome.MISCONFIGURED})
+
+# Pauses between the tries of settle on a database error (three tries in all).
+SETTLE_BACKOFF_S = (0.2, 0.5)
+
+
+def settle_with_retry(*, transaction_id: uuid.UUID, result: ProviderResult) -> Transaction:
+    """settle(), tried again on a database error with a fresh connection each time."""
+    for pause_s in SETTLE_BACKOFF_S:
+        try:
+            return settle(transaction_id=transaction_id, result=result)
+        except DatabaseError:
+            release_db_connection()
+            time.sleep(pause_s)
+    return settle(transaction_id=transaction_id, result=result)
+
+
+def send_charge(txn: Transaction, client: provider.PaymentProvider) -> ProviderResult:
+    # The same provider key and body on every call: the provider charges a key at most once.
+    return client.charge(
+        provider_key=txn.provider_idempotency_key,
+        amount=txn.amount,
+        currency=txn.currency,
+        source=txn.source,
+        reference=str(txn.pk),
+        description=txn.description,
+    )
+
+
+def next_retry_at(attempts: int) -> datetime | None:
+    if attempts >= settings.PAYMENT_MAX_ATTEMPTS:
+        return None
+    delay_s = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** max(0, attempts - 1))
+    return timezone.now() + timedelta(seconds=delay_s)
+
+
+def record_attempts(*, txn: Transaction, attempts: tuple[provider.Attempt, ...], kind: str) -> None:
+    if not attempts:
+        return
+    first_number = PaymentAttempt.objects.filter(transaction=txn).count() + 1
+    PaymentAttempt.objects.bulk_create(
+        PaymentAttempt(
+            transaction=txn,
+            number=first_number + offset,
+            kind=kind,
+            started_at=attempt.started_at,
+            duration_ms=attempt.duration_ms,
+            http_status=attempt.http_status,
+            outcome=attempt.outcome,
+            reached_provider=attempt.reached_provider,
+            message=attempt.message,
+        )
+        for offset, attempt in enumerate(attempts)
+    )
+
+
+def settle(*, transaction_id: uuid.UUID, result: ProviderResult, kind: str = "charge") -> Transaction:
+    """Record the attempts and the outcome in one short transaction, under a row lock.
+
+    The rules of payments.outcomes: a definitive answer settles any row that is not final;
+    after a charge call, anything else leaves the row unknown if this call or any earlier one
+    may have charged (unknown is sticky), failed otherwise.
+    """
+    with transaction.atomic():
+        txn = Transaction.objects.select_for_update().get(pk=transaction_id)
+        failpoints.hit("settle")
+        record_attempts(txn=txn, attempts=result.attempts, kind=kind)
+        previous_status = txn.status
+        if kind == "charge" and result.attempts:
+            txn.attempts += 1
+        if result.outcome in FINAL_OUTCOMES and txn.can_move_to(FINAL_OUTCOMES[result.outcome][0]):
+            status, error_type = FINAL_OUTCOMES[result.outcome]
+            txn.status, txn.error_type = status, error_type
+            txn.provider_charge_id = result.charge_id
+            txn.error_code = "" if status == Status.SUCCEEDED else result.code
+            txn.error_message = "" if status == Status.SUCCEEDED else result.message
+            txn.source = ""
+            txn.next_retry_at = None
+            txn.review_reason = ""
+        elif kind == "charge" and txn.status == Status.PENDING:
+            if result.outcome == Outcome.UNKNOWN or txn.error_type == Transaction.ErrorType.OUTCOME_UNKNOWN:
+                if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
+                    txn.error_code, txn.error_message = result.code, result.message
+                txn.status = Status.UNKNOWN
+                txn.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
+                txn.next_retry_at = None
+            else:
+                txn.status = Status.FAILED
+                txn.error_type = Transaction.ErrorType.PROVIDER_ERROR
+                txn.error_code, txn.error_message = result.code, result.message
+                txn.next_retry_at = next_retry_at(txn.attempts)
+                if txn.next_retry_at is None:
+                    txn.review_reason = f"not charged after {txn.attempts} tries"
+        txn.save()
+    if kind == "charge":
+        metrics.CHARGES.labels(result.outcome.value).inc()
+    _log_settled(txn, previous_status, result)
+    return txn
+
+
+FINAL_OUTCOMES = {
+    Outcome.SUCCEEDED: (Status.SUCCEEDED, ""),
+    Outcome.DECLINED: (Status.DECLINED, Transaction.ErrorType.CARD_ERROR),
+    Outcome.REJECTED: (Status.DECLINED, Transaction.ErrorType.PROVIDER_REJECTED),
+}
+
+
+def _log_settled(txn: Transaction, previous_status: str, result: ProviderResult) -> None:
+    fields = {
+        "transaction_id": str(txn.pk),
+        "attempt": txn.attempts,
+        "http_attempts": len(result.attempts),
+        "duration_ms": sum(a.duration_ms for a in result.attempts),
+        "http_status": result.http_status,
+        "amount": txn.amount,
+        "currency": txn.currency,
+        "error_type": txn.error_type,
+        "error_code": txn.error_code,
+    }
+    if txn.status == previous_status:
+        return
+    if txn.status == Status.SUCCEEDED:
+        log_event(logger, "payment.succeeded", message="Payment succeeded", **fields)
+    elif txn.status == Status.DECLINED:
+        log_event(logger, "payment.declined", message=f"Declined: {txn.error_code}", **fields)
+    elif txn.status == Status.UNKNOWN:
+        log_event(
+            logger,
+            "payment.outcome_unknown",
+            level=logging.WARNING,
+            message=f"Outcome unknown ({txn.error_code}); reconcile_payments will ask the provider",
+            **fields,
+        )
+    elif txn.status == Status.FAILED:
+        log_event(
+            logger,
+            "payment.failed",
+            level=logging.WARNING,
+            message=f"Not charged: {txn.error_code}",
+            **fields,
+        )
+        if txn.next_retry_at is None:
+            log_needs_review(txn)
+        else:
+            log_event(
+                logger,
+                "payment.retry_scheduled",
+                message=f"Retry scheduled at {txn.next_retry_at.isoformat()}",
+                next_retry_at=txn.next_retry_at.isoformat(),
+                **fields,
+            )
+
+
+def log_needs_review(txn: Transaction) -> None:
+    log_event(
+        logger,
+        "payment.needs_review",
+        level=logging.WARNING,
+        message=f"Needs review: {txn.review_reason}",
+        transaction_id=str(txn.pk),
+        attempt=txn.attempts,
+        reason=txn.review_reason,
+    )
+
+
+def settle_not_charged(claimed: Transaction, result: ProviderResult) -> Transaction:
+    """The provider has no charge for the key and no attempt can be in flight: failed, and
+    safe to send again."""
+    with transaction.atomic():
+        txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
+        record_attempts(txn=txn, attempts=result.attempts, kind="lookup")
+        if txn.status == Status.PENDING:
+            txn.status = Status.FAILED
+            txn.error_type = Transaction.ErrorType.PROVIDER_ERROR
+            txn.error_code = selectors.NOT_CHARGED_CODE
+            txn.error_message = "The provider made no charge with this key; sending it again is safe."
+            txn.next_retry_at = timezone.now() if txn.attempts < settings.PAYMENT_MAX_ATTEMPTS else None
+            txn.review_reason = "" if txn.next_retry_at else f"not charged after {txn.attempts} tries"
+            txn.save()
+    if txn.needs_review:
+        log_needs_review(txn)
+    return txn
