@@ -140,7 +140,7 @@ def machine_busy_seconds() -> tuple[float, float]:
 
 @dataclass
 class FakeProviderProcess:
-    """`python -m payments.fake_provider` as a process of its own, so its CPU is not the server's."""
+    """`python -m fakeprovider` as a process of its own, so its CPU is not the server's."""
 
     latency_ms: int = 100
     timeout_window_s: float = 60.0
@@ -163,7 +163,7 @@ class FakeProviderProcess:
             [
                 PYTHON,
                 "-m",
-                "payments.fake_provider",
+                "fakeprovider",
                 "--port",
                 str(self.port),
                 "--api-key",

@@ -3,7 +3,7 @@
 Each row of ANSWERS ties together what the provider did (or what failed), the status the
 transaction is left in, the API's error type, code and HTTP status, whether the payer may have
 been charged, what the service does next, and the message the API and the payment page show.
-The API's errors (payments.exceptions), the admin, the commands, the OpenAPI schema and pay.js
+The API's errors (payments.errors), the admin, the commands, the OpenAPI schema and pay.js
 all read this table; README's "Guarantees" section is generated from it
 (`python manage.py outcome_table`), and a test keeps the two equal.
 

@@ -247,13 +247,13 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": [
         "rest_framework.permissions.IsAuthenticated",
-        "payments.permissions.SessionMayTakePayments",
+        "payments.api.permissions.SessionMayTakePayments",
     ],
-    "DEFAULT_PARSER_CLASSES": ["payments.parsers.LimitedJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["payments.api.parsers.LimitedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "payments.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "payments.api.exceptions.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 API_MAX_BODY_BYTES = 64 * 1024

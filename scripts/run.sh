@@ -70,7 +70,7 @@ SUPPORT_USER_PASSWORD=$support_password .venv/bin/python manage.py create_suppor
 
 # tok_timeout holds answers for 15 s: longer than the two 5 s attempts that fit in the
 # 10 s deadline, so the demo shows the 504 and then a safe "Try again".
-.venv/bin/python -m payments.fake_provider --host 127.0.0.1 --port "$provider_port" \
+.venv/bin/python -m fakeprovider --host 127.0.0.1 --port "$provider_port" \
   --api-key "$PAYMENT_API_KEY" --latency-ms 150 --jitter-ms 100 --timeout-window-s 15 &
 pids+=($!)
 

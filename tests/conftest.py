@@ -12,8 +12,8 @@ from rest_framework.test import APIClient
 
 from apikeys.models import APIKey
 from core.db import reset_pool
+from fakeprovider import FakeProvider
 from payments import provider
-from payments.fake_provider import FakeProvider
 
 TEST_API_KEY = "sk_test_fake_for_tests"
 

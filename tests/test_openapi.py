@@ -25,8 +25,8 @@ from django.test import Client as DjangoClient
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
+from fakeprovider import FakeProvider
 from payments import failpoints, provider
-from payments.fake_provider import FakeProvider
 
 PACKAGE = "paymentsite_api_client"
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")

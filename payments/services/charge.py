@@ -24,7 +24,7 @@ from core.db import release_db_connection
 from core.events import log_event
 from core.logs.request_id import current_request_id
 from payments import failpoints, provider, selectors
-from payments.exceptions import (
+from payments.errors import (
     CardDeclined,
     ChargeCanceled,
     IdempotencyConflict,

@@ -22,9 +22,7 @@ from core import metrics
 from core.db import release_db_connection
 from core.events import log_event
 from payments import failpoints, provider, selectors
-from payments.exceptions import (
-    ProviderUnavailable,
-)
+from payments.errors import ProviderUnavailable
 from payments.models import PaymentAttempt, Transaction
 from payments.provider import Outcome, ProviderResult
 

@@ -16,10 +16,7 @@ from django.utils import timezone
 
 from core.events import log_event
 from payments import selectors
-from payments.exceptions import (
-    InvalidRequest,
-    NotCancelable,
-)
+from payments.errors import InvalidRequest, NotCancelable
 from payments.models import Transaction
 from payments.provider import Outcome
 from payments.services.claims import (

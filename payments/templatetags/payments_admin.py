@@ -15,6 +15,6 @@ def attention_counts(user: AbstractBaseUser) -> list[dict[str, Any]]:
     """Each "needs attention" group with its count and list link; none for users who cannot see payments."""
     if not user.has_perm("payments.view_transaction"):
         return []
-    from payments.admin import attention_counts as counts  # the admin's one definition of the groups
+    from payments.admin.filters import attention_counts as counts  # the admin's one definition of the groups
 
     return counts()

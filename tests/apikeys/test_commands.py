@@ -16,9 +16,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from rest_framework.test import APIClient
 
+from apikeys.management.commands.create_api_client import PASSWORD_ENV
+from apikeys.management.commands.create_api_client import Command as CreateApiClient
 from apikeys.models import APIKey
-from payments.management.commands.create_api_client import PASSWORD_ENV
-from payments.management.commands.create_api_client import Command as CreateApiClient
 from tests.conftest import TEST_API_KEY, database_url_for_subprocess
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,8 +11,8 @@ from django.contrib.admin.models import LogEntry
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from fakeprovider import FakeProvider
 from payments import services
-from payments.fake_provider import FakeProvider
 from payments.models import Transaction
 from tests.browser.conftest import save_screenshot
 from tests.payments.factories import charge, unknown

@@ -11,8 +11,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from playwright.sync_api import Locator, Page, Route, expect
 
+from fakeprovider import FakeProvider
 from payments import outcomes, provider
-from payments.fake_provider import FakeProvider
 from payments.models import Transaction
 from tests.browser.conftest import fill_payment, save_screenshot
 from tests.conftest import TEST_API_KEY

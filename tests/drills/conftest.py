@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bench.infra import PrivateMariaDB, query
-from payments.fake_provider import FakeProvider
+from fakeprovider import FakeProvider
 from tests.conftest import TEST_API_KEY
 
 requires_private_mariadb = pytest.mark.skipif(

@@ -18,7 +18,7 @@ import pytest
 
 from bench.infra import Gunicorn, PrivateMariaDB, manage, query, reconcile
 from bench.load import Connection, Request, run_load
-from payments.fake_provider import FakeProvider
+from fakeprovider import FakeProvider
 from tests.drills.conftest import requires_private_mariadb
 
 pytestmark = [pytest.mark.slow, requires_private_mariadb]

@@ -16,7 +16,7 @@ import pytest
 
 from bench.infra import Gunicorn, reconcile
 from bench.load import Connection, Request
-from payments.fake_provider import FakeProvider
+from fakeprovider import FakeProvider
 from payments.models import Transaction
 from tests.conftest import database_url_for_subprocess
 

@@ -16,7 +16,7 @@ import requests
 from django.conf import settings as django_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from payments.fake_provider import FakeProvider
+from fakeprovider import FakeProvider
 from tests.conftest import TEST_API_KEY, database_url_for_subprocess
 from tests.health.helpers import OPERATOR_TOKEN
 

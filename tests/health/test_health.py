@@ -10,9 +10,9 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
+from fakeprovider import FakeProvider
 from health import report
 from payments import provider
-from payments.fake_provider import FakeProvider
 from tests.conftest import TEST_API_KEY
 from tests.health.helpers import check, get_health, operator_get, unreachable_database, wait_for_health
 

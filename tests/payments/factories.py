@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from payments import services
-from payments.exceptions import PaymentError
+from payments.errors import PaymentError
 from payments.models import Transaction, mask_source
 
 

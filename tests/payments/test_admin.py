@@ -17,7 +17,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from payments.fake_provider import FakeProvider
+from fakeprovider import FakeProvider
 from payments.models import PaymentAttempt, Transaction
 from payments.services import SUPPORT_GROUP_NAME
 from tests.payments.factories import charge, failed, shop, stale_pending, unknown

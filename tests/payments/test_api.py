@@ -12,7 +12,7 @@ import pytest
 import requests
 from rest_framework.test import APIClient
 
-from payments.fake_provider import FakeProvider
+from fakeprovider import FakeProvider
 from payments.models import PaymentAttempt, Transaction
 from tests.conftest import pool_options, requires_pooled_mysql
 from tests.health.helpers import held_connections

@@ -13,8 +13,8 @@ from django.core.management import call_command
 from django.test import Client
 from rest_framework.test import APIClient
 
+from fakeprovider import FakeProvider
 from payments import failpoints, provider
-from payments.fake_provider import FakeProvider
 from payments.models import Transaction
 from tests.conftest import TEST_API_KEY
 

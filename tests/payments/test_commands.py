@@ -16,8 +16,8 @@ from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from fakeprovider import FakeProvider
 from payments import failpoints, provider
-from payments.fake_provider import FakeProvider
 from payments.models import Transaction
 from tests.conftest import TEST_API_KEY, database_url_for_subprocess
 from tests.payments.factories import charge, failed, make_due, stale_pending, unknown

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from payments.fake_provider import FakeProvider, Fault
+from fakeprovider import FakeProvider, Fault
 
 API_KEY = "sk_test_fake"
 TIMEOUT_WINDOW_S = 0.5

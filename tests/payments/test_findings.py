@@ -12,8 +12,8 @@ import pytest
 from django.db import OperationalError
 from rest_framework.test import APIClient
 
+from fakeprovider import FakeProvider
 from payments import failpoints, services
-from payments.fake_provider import FakeProvider
 from payments.models import Transaction
 from payments.services import ActionOutcome
 from tests.payments.factories import unknown

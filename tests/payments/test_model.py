@@ -49,8 +49,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from fakeprovider import FakeProvider
 from payments import failpoints
-from payments.fake_provider import FakeProvider
 from payments.models import PaymentAttempt, Transaction
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -238,7 +238,7 @@ class PaymentsMachine(RuleBasedStateMachine):
             assert status in (200, 409), f"cancel answered {status}"
         elif how == "support_cancel":
             from payments import services
-            from payments.exceptions import PaymentError
+            from payments.errors import PaymentError
 
             with contextlib.suppress(PaymentError):
                 services.charge_cancel(transaction_id=txn_id, reason="model", actor="support")

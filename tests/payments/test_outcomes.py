@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.management import call_command
 
-from payments import exceptions, outcomes
+from payments import errors, outcomes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -25,9 +25,7 @@ def test_outcome_table_command_prints_the_table(capsys: object) -> None:
 
 
 def test_every_api_error_class_is_a_row_of_the_table() -> None:
-    classes = [
-        c for c in vars(exceptions).values() if isinstance(c, type) and issubclass(c, exceptions.PaymentError)
-    ]
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.PaymentError)]
     for cls in classes:
         answer = outcomes.answer(cls.answer_name)
         error = cls()

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
-from payments.fake_provider import FakeProvider
+from fakeprovider import FakeProvider
 from payments.models import Transaction
 from tests.conftest import pool_options, requires_pooled_mysql
 from tests.health.helpers import check, get_health, held_connections, raw_mysql, server_side_connections

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from fakeprovider import FakeProvider
 from payments import services
-from payments.exceptions import PaymentError
-from payments.fake_provider import FakeProvider
+from payments.errors import PaymentError
 from payments.models import PaymentAttempt, Transaction
 from payments.services import ActionOutcome, claims
 from tests.payments.factories import charge, failed, stale_pending, unknown

@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 
 from core.events import EVENT_CATALOGUE
-from payments.fake_provider import FakeProvider
+from fakeprovider import FakeProvider
 from tests.paymentsite.test_cloudwatch_processes import _service_env, _shipped, _unused_port
 
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 from django.conf import settings
 
-from payments.fake_provider import FakeProvider
+from fakeprovider import FakeProvider
 from tests.conftest import TEST_API_KEY
 from tests.paymentsite.conftest import AWS_REGION
 

@@ -9,7 +9,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from payments import selectors, services
-from payments.management.commands._batch import BatchCommand
+from payments.batch import BatchCommand
 from payments.models import Transaction
 from payments.services import ActionResult
 

@@ -25,7 +25,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import QuerySet
 
 from core.events import log_event
-from payments.exceptions import ProviderUnavailable
+from payments.errors import ProviderUnavailable
 from payments.models import Transaction
 from payments.services import ERROR_OUTCOMES, ActionOutcome, ActionResult
 

@@ -1,133 +1,30 @@
+"""The API's views: charges (create, list, read, cancel). Each calls one service and renders its answer."""
+
 from __future__ import annotations
 
 import re
 import uuid
 
-from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payments import outcomes, selectors, services
-from payments.exceptions import DRF_ERROR_TYPES
+from payments import selectors, services
+from payments.api import schema
+from payments.api.serializers import (
+    ChargeCreateSerializer,
+    TransactionDetailSerializer,
+    TransactionSerializer,
+)
 from payments.models import Transaction
-from payments.serializers import ChargeCreateSerializer, TransactionDetailSerializer, TransactionSerializer
 
 IDEMPOTENCY_KEY_MAX_CHARS = 255
-# Every error.type the API can answer: the outcome table's, and DRF's (exceptions.py).
-ERROR_TYPES = {a.error_type for a in outcomes.ANSWERS if a.error_type} | set(DRF_ERROR_TYPES.values())
 _PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
-
-ErrorResponse = inline_serializer(
-    "ErrorResponse",
-    fields={
-        "error": inline_serializer(
-            "ErrorDetail",
-            fields={
-                "type": serializers.ChoiceField(choices=sorted(ERROR_TYPES)),
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "retryable": serializers.BooleanField(
-                    help_text="May the same request (same Idempotency-Key) be sent again?"
-                ),
-                "request_id": serializers.CharField(help_text="The response's X-Request-ID."),
-                "decline_code": serializers.CharField(
-                    required=False, help_text="card_error only: why the card was declined."
-                ),
-                "provider_code": serializers.CharField(
-                    required=False, help_text="provider_rejected only: the provider's reason."
-                ),
-                "fields": serializers.DictField(
-                    child=serializers.ListField(child=serializers.CharField()),
-                    required=False,
-                    help_text="invalid_fields only: the messages for each refused field or header.",
-                ),
-            },
-        ),
-        "transaction": TransactionSerializer(allow_null=True),
-    },
-)
-
-
-TransactionPage = inline_serializer(
-    "TransactionPage",
-    fields={
-        "count": serializers.IntegerField(),
-        "next": serializers.URLField(allow_null=True),
-        "previous": serializers.URLField(allow_null=True),
-        "results": TransactionSerializer(many=True),
-    },
-)
-
-# Response headers. X-Request-ID is on every answer (core.logs.request_id.RequestIdMiddleware).
-REQUEST_ID = OpenApiParameter(
-    "X-Request-ID",
-    str,
-    OpenApiParameter.HEADER,
-    required=True,
-    response=True,
-    description="This request's id, also in error.request_id and in the service's logs: the caller's "
-    "X-Request-ID when it is 1 to 128 of A-Z a-z 0-9 . _ -, else a new one.",
-)
-AUTHENTICATE = OpenApiParameter(
-    "WWW-Authenticate",
-    str,
-    OpenApiParameter.HEADER,
-    required=True,
-    response=[401],
-    description="The scheme to use: Token.",
-)
-# Errors every operation may answer; 503 when the database is down or out of connections.
-COMMON_ERRORS = (401, 403, 500, 503)
-
-
-def _headers(*, retry_after: list[int]) -> list[OpenApiParameter]:
-    """The response headers every operation has, and Retry-After on the statuses that send it."""
-    return [
-        REQUEST_ID,
-        AUTHENTICATE,
-        OpenApiParameter(
-            "Retry-After",
-            int,
-            OpenApiParameter.HEADER,
-            response=retry_after,
-            description="Seconds to wait before sending the same request again.",
-        ),
-    ]
-
-
-# What each error status means (error.type / error.code); payments.outcomes has the whole table.
-ERROR_STATUSES = {
-    400: "invalid_request: a field, header or parameter was refused (error.fields says which).",
-    401: "authentication_error: no API key, or one that is wrong, revoked or expired.",
-    402: "card_error / card_declined: nothing was charged (error.decline_code says why).",
-    403: "permission_error: this account may not take payments.",
-    404: "not_found: no such charge for this client, or no such page.",
-    409: "idempotency_error / request_in_progress (send again after Retry-After) or "
-    "idempotency_key_reused; charge_canceled; invalid_request / not_cancelable.",
-    413: f"payload_too_large: the body is over {settings.API_MAX_BODY_BYTES // 1024} KiB.",
-    415: "unsupported_media_type: the body is not application/json.",
-    422: "provider_rejected: the provider refused the payment's details; nothing was charged "
-    "(error.provider_code).",
-    500: "internal_error: an unexpected failure in the service.",
-    502: "provider_error: the provider did not charge; retryable when a retry is scheduled.",
-    503: "provider_unavailable, or database_busy (the database is down or out of connections): "
-    "nothing was written; send again after Retry-After.",
-    504: "outcome_unknown: the provider may have charged; the same request (same Idempotency-Key) "
-    "is safe to send again and never charges twice.",
-}
-
-
-def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
-    return {
-        code: OpenApiResponse(ErrorResponse, description=ERROR_STATUSES[code])
-        for code in sorted({*statuses, *COMMON_ERRORS})
-    }
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -186,9 +83,9 @@ class ChargeListCreateView(APIView):
                 description=f"1 for the first page (the default), {PageNumberPagination.page_size} charges "
                 "a page; a page below 1 or past the last, or not a number, answers 404 not_found.",
             ),
-            *_headers(retry_after=[503]),
+            *schema.headers(retry_after=[503]),
         ],
-        responses={200: TransactionPage, **_errors(400, 404)},
+        responses={200: schema.TransactionPage, **schema.errors(400, 404)},
     )
     def get(self, request: Request) -> Response:
         status_filter = request.query_params.get("status")
@@ -209,7 +106,7 @@ class ChargeListCreateView(APIView):
                 required=False,
                 pattern=f"^[\\x21-\\x7e]{{1,{IDEMPOTENCY_KEY_MAX_CHARS}}}$",
             ),
-            *_headers(retry_after=[409, 503]),
+            *schema.headers(retry_after=[409, 503]),
             OpenApiParameter(
                 "Idempotent-Replayed",
                 str,
@@ -220,7 +117,7 @@ class ChargeListCreateView(APIView):
                 "same Idempotency-Key: nothing was sent to the provider this time.",
             ),
         ],
-        responses={201: TransactionSerializer, **_errors(400, 402, 409, 413, 415, 422, 502, 504)},
+        responses={201: TransactionSerializer, **schema.errors(400, 402, 409, 413, 415, 422, 502, 504)},
     )
     def post(self, request: Request) -> Response:
         idempotency_key = _idempotency_key(request)
@@ -240,8 +137,8 @@ class ChargeListCreateView(APIView):
 class ChargeDetailView(APIView):
     @extend_schema(
         operation_id="charges_retrieve",
-        parameters=[TRANSACTION_ID, *_headers(retry_after=[503])],
-        responses={200: TransactionDetailSerializer, **_errors(404)},
+        parameters=[TRANSACTION_ID, *schema.headers(retry_after=[503])],
+        responses={200: TransactionDetailSerializer, **schema.errors(404)},
     )
     def get(self, request: Request, transaction_id: str) -> Response:
         return Response(TransactionDetailSerializer(_transaction_for(request, transaction_id)).data)
@@ -251,8 +148,8 @@ class ChargeCancelView(APIView):
     @extend_schema(
         operation_id="charges_cancel",
         request=None,
-        parameters=[TRANSACTION_ID, *_headers(retry_after=[503])],
-        responses={200: TransactionSerializer, **_errors(404, 409)},
+        parameters=[TRANSACTION_ID, *schema.headers(retry_after=[503])],
+        responses={200: TransactionSerializer, **schema.errors(404, 409)},
         description=(
             "Stop a payment that was not charged (failed, possibly with a retry scheduled): it will "
             "never be sent again. Idempotent: canceling a canceled payment answers 200. Refused with "

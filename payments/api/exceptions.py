@@ -1,14 +1,14 @@
-"""The application's errors and the one place where they become HTTP.
+"""Where the application's errors become HTTP: the one error body, and DRF's EXCEPTION_HANDLER.
 
 Every error body is `{"error": {"type", "code", "message", "retryable", "request_id"},
 "transaction": {...} | null}`; `error` may add `decline_code`, `provider_code` or `fields`
-(the ErrorResponse schema in payments/views.py).
+(the ErrorResponse schema in payments/api/schema.py).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
@@ -21,106 +21,9 @@ from rest_framework.settings import api_settings
 from core.events import log_event
 from core.logs.request_id import current_request_id
 from payments import outcomes
+from payments.errors import DatabaseBusy, DatabaseUnavailable, PaymentError
 
-if TYPE_CHECKING:
-    from payments.models import Transaction
-
-logger = logging.getLogger(__name__)
-
-
-class PaymentError(Exception):
-    """An answer of the outcome table (payments.outcomes) raised as an exception.
-
-    The class names the row; its HTTP status, error type, default code, retryable flag and
-    message come from the table, so the API cannot drift from the documented vocabulary.
-    """
-
-    answer_name = "invalid_request"
-    retry_after_s: int | None = None
-
-    def __init__(
-        self,
-        message: str | None = None,
-        *,
-        code: str | None = None,
-        transaction: Transaction | None = None,
-        replayed: bool = False,
-        extra: dict[str, Any] | None = None,
-        retry_after_s: int | None = None,
-    ) -> None:
-        answer = outcomes.answer(self.answer_name)
-        self.answer = answer
-        self.message = message or answer.message
-        super().__init__(self.message)
-        self.http_status = answer.http_status
-        self.error_type = answer.error_type
-        self.code = code or answer.code
-        self.retryable = answer.retryable
-        self.transaction = transaction
-        self.replayed = replayed
-        self.extra = extra or {}
-        if retry_after_s is not None:
-            self.retry_after_s = retry_after_s
-
-
-class InvalidRequest(PaymentError):
-    answer_name = "invalid_request"
-
-
-class NotCancelable(PaymentError):
-    answer_name = "not_cancelable"
-
-
-class IdempotencyConflict(PaymentError):
-    """The same key with another body: this request was not sent."""
-
-    answer_name = "key_reused"
-
-
-class RequestInProgress(PaymentError):
-    answer_name = "in_progress"
-    retry_after_s = 1
-
-
-class CardDeclined(PaymentError):
-    answer_name = "declined"
-
-
-class ProviderRejected(PaymentError):
-    answer_name = "rejected"
-
-
-class ChargeCanceled(PaymentError):
-    answer_name = "canceled"
-
-
-class OutcomeUnknown(PaymentError):
-    """The provider may have charged: never reported as a failure, never as "not charged"."""
-
-    answer_name = "outcome_unknown"
-
-
-class RetryScheduled(PaymentError):
-    answer_name = "retry_scheduled"
-
-
-class NeedsReview(PaymentError):
-    answer_name = "needs_review"
-
-
-class ProviderUnavailable(PaymentError):
-    answer_name = "provider_unavailable"
-    retry_after_s = 1
-
-
-class DatabaseBusy(PaymentError):
-    answer_name = "database_busy"
-    retry_after_s = 1
-
-
-class DatabaseUnavailable(PaymentError):
-    answer_name = "database_unavailable"
-    retry_after_s = 1
+logger = logging.getLogger("payments.exceptions")  # the name it had before the move
 
 
 class PayloadTooLarge(drf_exceptions.APIException):
@@ -159,7 +62,7 @@ def _handled(response: Response) -> Response:
 
 
 def payment_error_response(error: PaymentError) -> Response:
-    from payments.serializers import TransactionSerializer
+    from payments.api.serializers import TransactionSerializer
 
     transaction = TransactionSerializer(error.transaction).data if error.transaction else None
     response = Response(

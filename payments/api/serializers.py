@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -12,6 +11,7 @@ from rest_framework import serializers
 
 from payments.currencies import MINOR_UNIT_DIGITS
 from payments.models import PaymentAttempt, Transaction
+from payments.transitions import NEXT_ACTIONS, next_step
 
 SOURCE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{2,254}$")
 METADATA_MAX_KEYS = 20
@@ -139,37 +139,12 @@ class ErrorSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
-NEXT_ACTIONS = {
-    "none": "Final: nothing more will happen.",
-    "wait": "A request is working on it right now; ask again in a moment.",
-    "retry": "Not charged; the service sends it again at `at` unless it is canceled first.",
-    "verify": "The provider may have charged it; reconcile_payments asks the provider after `at`.",
-    "review": "Not charged and never sent again automatically; support decides.",
-}
-
-
 class NextStepSerializer(serializers.Serializer):
     action = serializers.ChoiceField(
         choices=sorted(NEXT_ACTIONS),
         help_text=" ".join(f"`{name}`: {text}" for name, text in NEXT_ACTIONS.items()),
     )
     at = serializers.DateTimeField(allow_null=True)
-
-
-def next_step(txn: Transaction) -> dict[str, Any]:
-    """What the service will do next with this payment, on its own."""
-    Status = Transaction.Status
-    if txn.status == Status.PENDING:
-        return {"action": "wait", "at": None}
-    if txn.status == Status.UNKNOWN:
-        started = txn.charge_started_at or txn.created_at
-        at = started + timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S) if started else None
-        return {"action": "verify", "at": at}
-    if txn.status == Status.FAILED:
-        if txn.needs_review or txn.next_retry_at is None or txn.attempts >= settings.PAYMENT_MAX_ATTEMPTS:
-            return {"action": "review", "at": None}
-        return {"action": "retry", "at": txn.next_retry_at}
-    return {"action": "none", "at": None}
 
 
 class TransactionSerializer(serializers.ModelSerializer):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from payments import views
+from payments.api import views
 
 urlpatterns = [
     path("charges", views.ChargeListCreateView.as_view(), name="charges"),

@@ -7,7 +7,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
-from payments.exceptions import PayloadTooLarge
+from payments.api.exceptions import PayloadTooLarge
 
 
 class LimitedJSONParser(JSONParser):

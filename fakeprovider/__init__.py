@@ -1,0 +1,42 @@
+"""A fake payment provider: a real HTTP server on loopback that speaks the provider contract.
+
+    python -m fakeprovider --port 8099
+
+Stdlib only, so it runs without Django or the project's dependencies. It is hand-written rather
+than built on a mock-server library because it must act on the wire: hold an answer past a read
+timeout, or close the TCP connection after acting on a request without answering it.
+
+The contract: `POST /v1/charges` (Bearer key, `Idempotency-Key`, JSON `{amount, currency,
+source, reference, description}`) answers 200 with the charge, 402 with a decline, 400/401 for a
+bad request or key, 409 while the same key is still being processed, 429 or 5xx; the same key
+with the same body answers the first final result and never charges again.
+`GET /v1/charges/{key}` answers the charge made with that key, or 404 if none is made *yet*.
+
+Behaviour is chosen by the charge's `source` token, like a card network's test cards:
+`tok_visa` succeeds; `tok_chargeDeclined`, `tok_insufficientFunds` decline; `tok_timeout`
+charges at once but holds every answer for that key for `--timeout-window-s`; `tok_flaky`
+answers 503 twice per key; `tok_rateLimited` answers 429 once; `tok_error` always 500.
+
+Faults are queued from Python (`inject`, `inject_many`, `clear_faults`) or over HTTP, and each
+applies once, first in first out, to the next request that matches it: `"on"` is "charge"
+(default) or "lookup", and `"key"`, if given, limits it to that idempotency key.
+
+    {"kind": "hold", "ms": 500}          act normally, then wait before answering
+    {"kind": "slow", "ms": 500}          key in progress while waiting, then charge and answer
+    {"kind": "drop_after"}               act normally, then close the connection unanswered
+    {"kind": "drop_before"}              close the connection unanswered, acting on nothing
+    {"kind": "status", "status": 503, "retry_after": 1}   that error status, acting on nothing
+    {"kind": "garbage", "variant": "long_id"}   act normally, then answer 200 with an unusable
+        body: not_json, long_id (300 characters), bad_id, bad_status, missing_id,
+        deep_json (50 000 nested lists), not_object (a JSON list)
+
+Lookups take `status`, `drop_before`, `hold` and `garbage`. Control endpoints (no key needed):
+`GET /_fake/charges` (charges per key), `GET /_fake/ledger` (each charge made, per key),
+`GET|POST|DELETE /_fake/faults` (pending and applied faults; queue `{"faults": [...]}`; clear),
+`POST /_fake/faults/clear`, and `POST /_fake/reset`, which forgets charges and faults.
+"""
+
+from fakeprovider.protocol import Fault
+from fakeprovider.provider import FakeProvider
+
+__all__ = ["FakeProvider", "Fault"]

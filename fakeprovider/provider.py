@@ -1,0 +1,320 @@
+"""The fake provider itself: its ledger of charges, the fault queue, and the decisions per key."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import unquote
+
+from fakeprovider.protocol import (
+    CHARGES_PATH,
+    FINAL_STATUSES,
+    HEALTH_PATH,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    AppliedFault,
+    Fault,
+    JsonObject,
+    _decide,
+    _error,
+    _garbage,
+    _invalid_request,
+    _InvalidRequestError,
+    _KeyState,
+    _parse_charge_request,
+    _parse_json_object,
+    _Response,
+    _status_error,
+    _unauthorized,
+)
+from fakeprovider.server import _Server
+
+
+class FakeProvider:
+    """The fake provider; `start()` serves it on a daemon thread.
+
+    After `stop()`, `start()` serves again on the same port with the same charges, so a test
+    can take the provider down and bring it back.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str = "sk_test_fake",
+        latency_ms: int = 0,
+        jitter_ms: int = 0,
+        timeout_window_s: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.api_key = api_key
+        self.latency_ms = latency_ms
+        self.jitter_ms = jitter_ms
+        self.timeout_window_s = timeout_window_s
+        self._port = port
+        self._lock = threading.Lock()
+        self._keys: dict[str, _KeyState] = {}
+        self._requests_by_key: dict[str, int] = {}
+        self._faults: deque[Fault] = deque()
+        self._faults_applied: list[AppliedFault] = []
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port == 0:
+            raise RuntimeError("FakeProvider picks its port on start(); start it first.")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}{CHARGES_PATH}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{self.host}:{self.port}{HEALTH_PATH}"
+
+    def start(self) -> FakeProvider:
+        if self._server is not None:
+            raise RuntimeError("FakeProvider is already running.")
+        self._stopping.clear()
+        server = _Server((self.host, self._port), self)
+        self._port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-provider-{self._port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        self._server = self._thread = None
+        self._stopping.set()
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        thread.join()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def charge_count(self, idempotency_key: str) -> int:
+        with self._lock:
+            state = self._keys.get(idempotency_key)
+            return 1 if state is not None and state.charged else 0
+
+    def total_charges(self) -> int:
+        with self._lock:
+            return sum(state.charged for state in self._keys.values())
+
+    def request_count(self, idempotency_key: str) -> int:
+        with self._lock:
+            return self._requests_by_key.get(idempotency_key, 0)
+
+    def in_progress(self, idempotency_key: str) -> bool:
+        """Whether a request with this key is being processed (a `slow` fault's wait, say)."""
+        with self._lock:
+            state = self._keys.get(idempotency_key)
+            return state is not None and state.in_progress
+
+    def ledger(self) -> dict[str, JsonObject]:
+        """Each charge made, by idempotency key (declines and failures are not charges)."""
+        with self._lock:
+            return {key: dict(state.charge) for key, state in self._keys.items() if state.charged}
+
+    def inject(self, fault: Fault | Mapping[str, Any]) -> None:
+        self.inject_many([fault])
+
+    def inject_many(self, faults: Iterable[Fault | Mapping[str, Any]]) -> None:
+        """Queue faults in order; all or none (a ValueError names the first invalid one)."""
+        parsed = [fault if isinstance(fault, Fault) else Fault.from_dict(fault) for fault in faults]
+        with self._lock:
+            self._faults.extend(parsed)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults)
+
+    def faults_applied(self) -> list[AppliedFault]:
+        with self._lock:
+            return list(self._faults_applied)
+
+    def reset(self) -> None:
+        """Forget charges, request counts and faults, pending and applied."""
+        with self._lock:
+            self._keys.clear()
+            self._requests_by_key.clear()
+            self._faults.clear()
+            self._faults_applied.clear()
+
+    def _take_fault(self, on: str, key: str | None) -> Fault | None:
+        if not self._faults:  # the hot path: no lock while nothing is queued
+            return None
+        with self._lock:
+            fault = next((fault for fault in self._faults if fault.matches(on, key)), None)
+            if fault is not None:
+                self._faults.remove(fault)
+                self._faults_applied.append((fault.kind, on, key))
+            return fault
+
+    def _wait_ms(self, ms: float) -> None:
+        # stop() wakes every wait, so a held request never outlives the server.
+        if ms > 0:
+            self._stopping.wait(ms / 1000)
+
+    def _stored_charge(self, key: str) -> JsonObject | None:
+        with self._lock:
+            state = self._keys.get(key)
+            return state.charge if state is not None else None
+
+    def _serve_charge(self, authorization: str | None, key: str | None, raw_body: bytes) -> _Response | None:
+        """The answer to a charge request, or None to close the connection without one."""
+        if key:
+            with self._lock:
+                self._requests_by_key[key] = self._requests_by_key.get(key, 0) + 1
+        return self._serve(
+            "charge", key, lambda slow_ms: self._charge(authorization, key, raw_body, slow_ms=slow_ms)
+        )
+
+    def _serve_lookup(self, authorization: str | None, raw_key: str) -> _Response | None:
+        """The answer to a lookup, or None to close the connection without one."""
+        key = unquote(raw_key)
+        return self._serve("lookup", key, lambda slow_ms: self._lookup(authorization, key))
+
+    def _serve(self, on: str, key: str | None, act: Callable[[int], _Response]) -> _Response | None:
+        """`act(slow_ms)` under the next matching fault, if any; None means drop the connection."""
+        fault = self._take_fault(on, key)
+        if fault is None:
+            return act(0)
+        if fault.kind == "drop_before":
+            return None
+        if fault.kind == "status":
+            return _status_error(fault.status or 500, fault.retry_after)
+        response = act((fault.ms or 0) if fault.kind == "slow" else 0)
+        if fault.kind == "drop_after":
+            return None
+        if fault.kind == "hold":
+            self._wait_ms(fault.ms or 0)
+        if fault.kind == "garbage":
+            charge = self._stored_charge(key) if key else None
+            base = charge if charge is not None else response.body
+            return _garbage(fault.variant or "not_json", base if isinstance(base, dict) else {})
+        return response
+
+    def _authorized(self, authorization: str | None) -> bool:
+        expected = f"Bearer {self.api_key}".encode()
+        return secrets.compare_digest((authorization or "").encode(), expected)
+
+    def _simulate_latency(self, extra_ms: int = 0) -> None:
+        self._wait_ms(self.latency_ms + random.uniform(0, self.jitter_ms) + extra_ms)
+
+    def _hold_if_timing_out(self, state: _KeyState, arrived_at: float) -> None:
+        # The charge is already made; holding the answer is what makes the outcome unknown to a
+        # client whose read timeout is shorter than the window. stop() wakes the wait.
+        if state.request.source != "tok_timeout":
+            return
+        window_ends_at = state.first_attempt_at + self.timeout_window_s
+        if arrived_at < window_ends_at:
+            self._stopping.wait(max(0.0, window_ends_at - time.monotonic()))
+
+    def _charge(
+        self, authorization: str | None, key: str | None, raw_body: bytes, *, slow_ms: int = 0
+    ) -> _Response:
+        arrived_at = time.monotonic()
+        if not self._authorized(authorization):
+            return _unauthorized()
+        if not key:
+            return _invalid_request("The Idempotency-Key header is required.")
+        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            return _invalid_request("The Idempotency-Key header is too long.")
+        try:
+            request = _parse_charge_request(raw_body)
+        except _InvalidRequestError as exc:
+            return _invalid_request(str(exc))
+
+        with self._lock:
+            state = self._keys.setdefault(key, _KeyState(request, first_attempt_at=arrived_at))
+            if state.request.fingerprint != request.fingerprint:
+                message = "This idempotency key was already used with a different request body."
+                return _error(400, "idempotency_error", message, code="key_reused")
+            replay = state.result
+            if replay is None:
+                if state.in_progress:
+                    return _status_error(409)
+                state.in_progress = True
+                state.attempts += 1
+
+        if replay is not None:
+            self._simulate_latency(slow_ms)
+            self._hold_if_timing_out(state, arrived_at)
+            return _Response(replay.status, replay.body, (("Idempotent-Replayed", "true"),))
+
+        # This request owns the key until in_progress is cleared, so state.attempts is stable.
+        self._simulate_latency(slow_ms)
+        response, charge = _decide(request, state.attempts)
+        with self._lock:
+            # Storing and releasing together: a retry must see either "in progress" or the result.
+            # Only final answers are stored; a 429 or 5xx leaves the key free to be retried.
+            if response.status in FINAL_STATUSES:
+                state.result, state.charge = response, charge
+            state.in_progress = False
+        self._hold_if_timing_out(state, arrived_at)
+        return response
+
+    def _lookup(self, authorization: str | None, key: str) -> _Response:
+        if not self._authorized(authorization):
+            return _unauthorized()
+        charge = self._stored_charge(key)
+        if charge is None:
+            return _status_error(404)
+        return _Response(200, charge)
+
+    def _charge_counts(self) -> _Response:
+        with self._lock:
+            by_key = {key: int(state.charged) for key, state in self._keys.items()}
+        return _Response(200, {"total": sum(by_key.values()), "by_key": by_key})
+
+    def _ledger_answer(self) -> _Response:
+        by_key = self.ledger()
+        return _Response(200, {"total": len(by_key), "by_key": by_key})
+
+    def _faults_answer(self, method: str, raw_body: bytes) -> _Response:
+        if method == "POST":
+            try:
+                faults = _parse_json_object(raw_body).get("faults")
+                if not isinstance(faults, list):
+                    raise _InvalidRequestError('Body must be {"faults": [...]}.')
+                self.inject_many(faults)
+            except (_InvalidRequestError, TypeError) as exc:
+                return _invalid_request(str(exc))
+        elif method == "DELETE":
+            self.clear_faults()
+        with self._lock:
+            pending = [fault.to_dict() for fault in self._faults]
+            applied = [list(entry) for entry in self._faults_applied]
+        return _Response(200, {"pending": pending, "applied": applied})

@@ -1,0 +1,121 @@
+"""The OpenAPI declarations the API's views share: the error body, the page of charges, the
+response headers, and what each error status means. drf-spectacular reads them."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from rest_framework import serializers
+
+from payments import outcomes
+from payments.api.exceptions import DRF_ERROR_TYPES
+from payments.api.serializers import TransactionSerializer
+
+# Every error.type the API can answer: the outcome table's, and DRF's (exceptions.py).
+ERROR_TYPES = {a.error_type for a in outcomes.ANSWERS if a.error_type} | set(DRF_ERROR_TYPES.values())
+
+ErrorResponse = inline_serializer(
+    "ErrorResponse",
+    fields={
+        "error": inline_serializer(
+            "ErrorDetail",
+            fields={
+                "type": serializers.ChoiceField(choices=sorted(ERROR_TYPES)),
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "retryable": serializers.BooleanField(
+                    help_text="May the same request (same Idempotency-Key) be sent again?"
+                ),
+                "request_id": serializers.CharField(help_text="The response's X-Request-ID."),
+                "decline_code": serializers.CharField(
+                    required=False, help_text="card_error only: why the card was declined."
+                ),
+                "provider_code": serializers.CharField(
+                    required=False, help_text="provider_rejected only: the provider's reason."
+                ),
+                "fields": serializers.DictField(
+                    child=serializers.ListField(child=serializers.CharField()),
+                    required=False,
+                    help_text="invalid_fields only: the messages for each refused field or header.",
+                ),
+            },
+        ),
+        "transaction": TransactionSerializer(allow_null=True),
+    },
+)
+
+
+TransactionPage = inline_serializer(
+    "TransactionPage",
+    fields={
+        "count": serializers.IntegerField(),
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": TransactionSerializer(many=True),
+    },
+)
+
+# Response headers. X-Request-ID is on every answer (core.logs.request_id.RequestIdMiddleware).
+REQUEST_ID = OpenApiParameter(
+    "X-Request-ID",
+    str,
+    OpenApiParameter.HEADER,
+    required=True,
+    response=True,
+    description="This request's id, also in error.request_id and in the service's logs: the caller's "
+    "X-Request-ID when it is 1 to 128 of A-Z a-z 0-9 . _ -, else a new one.",
+)
+AUTHENTICATE = OpenApiParameter(
+    "WWW-Authenticate",
+    str,
+    OpenApiParameter.HEADER,
+    required=True,
+    response=[401],
+    description="The scheme to use: Token.",
+)
+# Errors every operation may answer; 503 when the database is down or out of connections.
+COMMON_ERRORS = (401, 403, 500, 503)
+
+
+def headers(*, retry_after: list[int]) -> list[OpenApiParameter]:
+    """The response headers every operation has, and Retry-After on the statuses that send it."""
+    return [
+        REQUEST_ID,
+        AUTHENTICATE,
+        OpenApiParameter(
+            "Retry-After",
+            int,
+            OpenApiParameter.HEADER,
+            response=retry_after,
+            description="Seconds to wait before sending the same request again.",
+        ),
+    ]
+
+
+# What each error status means (error.type / error.code); payments.outcomes has the whole table.
+ERROR_STATUSES = {
+    400: "invalid_request: a field, header or parameter was refused (error.fields says which).",
+    401: "authentication_error: no API key, or one that is wrong, revoked or expired.",
+    402: "card_error / card_declined: nothing was charged (error.decline_code says why).",
+    403: "permission_error: this account may not take payments.",
+    404: "not_found: no such charge for this client, or no such page.",
+    409: "idempotency_error / request_in_progress (send again after Retry-After) or "
+    "idempotency_key_reused; charge_canceled; invalid_request / not_cancelable.",
+    413: f"payload_too_large: the body is over {settings.API_MAX_BODY_BYTES // 1024} KiB.",
+    415: "unsupported_media_type: the body is not application/json.",
+    422: "provider_rejected: the provider refused the payment's details; nothing was charged "
+    "(error.provider_code).",
+    500: "internal_error: an unexpected failure in the service.",
+    502: "provider_error: the provider did not charge; retryable when a retry is scheduled.",
+    503: "provider_unavailable, or database_busy (the database is down or out of connections): "
+    "nothing was written; send again after Retry-After.",
+    504: "outcome_unknown: the provider may have charged; the same request (same Idempotency-Key) "
+    "is safe to send again and never charges twice.",
+}
+
+
+def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    return {
+        code: OpenApiResponse(ErrorResponse, description=ERROR_STATUSES[code])
+        for code in sorted({*statuses, *COMMON_ERRORS})
+    }

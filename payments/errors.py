@@ -1,0 +1,109 @@
+"""The application's errors: raised by the services, one row of payments.outcomes each.
+
+They carry what the answer needs (type, code, message, status, whether to retry, the
+transaction); payments.api.exceptions renders them as HTTP, in one place.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from payments import outcomes
+
+if TYPE_CHECKING:
+    from payments.models import Transaction
+
+
+class PaymentError(Exception):
+    """An answer of the outcome table (payments.outcomes) raised as an exception.
+
+    The class names the row; its HTTP status, error type, default code, retryable flag and
+    message come from the table, so the API cannot drift from the documented vocabulary.
+    """
+
+    answer_name = "invalid_request"
+    retry_after_s: int | None = None
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        transaction: Transaction | None = None,
+        replayed: bool = False,
+        extra: dict[str, Any] | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        answer = outcomes.answer(self.answer_name)
+        self.answer = answer
+        self.message = message or answer.message
+        super().__init__(self.message)
+        self.http_status = answer.http_status
+        self.error_type = answer.error_type
+        self.code = code or answer.code
+        self.retryable = answer.retryable
+        self.transaction = transaction
+        self.replayed = replayed
+        self.extra = extra or {}
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(PaymentError):
+    answer_name = "invalid_request"
+
+
+class NotCancelable(PaymentError):
+    answer_name = "not_cancelable"
+
+
+class IdempotencyConflict(PaymentError):
+    """The same key with another body: this request was not sent."""
+
+    answer_name = "key_reused"
+
+
+class RequestInProgress(PaymentError):
+    answer_name = "in_progress"
+    retry_after_s = 1
+
+
+class CardDeclined(PaymentError):
+    answer_name = "declined"
+
+
+class ProviderRejected(PaymentError):
+    answer_name = "rejected"
+
+
+class ChargeCanceled(PaymentError):
+    answer_name = "canceled"
+
+
+class OutcomeUnknown(PaymentError):
+    """The provider may have charged: never reported as a failure, never as "not charged"."""
+
+    answer_name = "outcome_unknown"
+
+
+class RetryScheduled(PaymentError):
+    answer_name = "retry_scheduled"
+
+
+class NeedsReview(PaymentError):
+    answer_name = "needs_review"
+
+
+class ProviderUnavailable(PaymentError):
+    answer_name = "provider_unavailable"
+    retry_after_s = 1
+
+
+class DatabaseBusy(PaymentError):
+    answer_name = "database_busy"
+    retry_after_s = 1
+
+
+class DatabaseUnavailable(PaymentError):
+    answer_name = "database_unavailable"
+    retry_after_s = 1
