@@ -10,11 +10,13 @@ test:
 	@scripts/bootstrap.sh --dev
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports --no-cache
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports --no-cache
 
 format:
 	.venv/bin/ruff check --fix .

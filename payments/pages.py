@@ -9,17 +9,14 @@ gives them an API key; a revoked or expired key does not count).
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.utils import timezone
 from django.views.decorators.cache import never_cache
 
-from apikeys.models import APIKey
 from payments import outcomes
 from payments.currencies import MINOR_UNIT_DIGITS
-from payments.roles import SUPPORT_GROUP_NAME
+from payments.roles import can_take_payments
 
 # The fake provider's test cards (README, "The fake provider"). With a real
 # provider the card is tokenized by the provider's own form, never by us.
@@ -46,14 +43,6 @@ def _health_poll_ms(raw: str | None) -> int:
     except ValueError:
         return HEALTH_POLL_DEFAULT_MS
     return min(max(wanted_ms, HEALTH_POLL_MIN_MS), HEALTH_POLL_MAX_MS)
-
-
-def can_take_payments(user: AbstractBaseUser) -> bool:
-    is_staff_account = user.is_staff or user.groups.filter(name=SUPPORT_GROUP_NAME).exists()
-    if not is_staff_account:
-        return True
-    working_keys = APIKey.objects.filter(user=user, revoked=False).exclude(expiry_date__lte=timezone.now())
-    return working_keys.exists()
 
 
 @never_cache

@@ -1,5 +1,12 @@
 """The roles people have in the service, and what each may do."""
 
+from __future__ import annotations
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.utils import timezone
+
+from apikeys.models import APIKey
+
 SUPPORT_GROUP_NAME = "Payment support"
 SUPPORT_PERMISSIONS = (
     "view_transaction",
@@ -7,3 +14,12 @@ SUPPORT_PERMISSIONS = (
     "retry_transaction",
     "cancel_transaction",
 )
+
+
+def can_take_payments(user: AbstractBaseUser) -> bool:
+    """Staff and support accounts take payments only with a working API key of their own."""
+    is_staff_account = user.is_staff or user.groups.filter(name=SUPPORT_GROUP_NAME).exists()
+    if not is_staff_account:
+        return True
+    working_keys = APIKey.objects.filter(user=user, revoked=False).exclude(expiry_date__lte=timezone.now())
+    return working_keys.exists()
