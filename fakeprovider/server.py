@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from fakeprovider.protocol import (
@@ -26,8 +26,19 @@ from fakeprovider.protocol import (
     _Response,
 )
 
-if TYPE_CHECKING:
-    from fakeprovider.provider import FakeProvider
+
+class Backend(Protocol):
+    """What the server asks of the provider it routes to (FakeProvider is the one)."""
+
+    def _charge_counts(self) -> _Response: ...
+    def _ledger_answer(self) -> _Response: ...
+    def _faults_answer(self, method: str, raw_body: bytes) -> _Response: ...
+    def _serve_charge(
+        self, authorization: str | None, key: str | None, raw_body: bytes
+    ) -> _Response | None: ...
+    def _serve_lookup(self, authorization: str | None, raw_key: str) -> _Response | None: ...
+    def clear_faults(self) -> None: ...
+    def reset(self) -> None: ...
 
 
 class _Server(ThreadingHTTPServer):
@@ -39,7 +50,7 @@ class _Server(ThreadingHTTPServer):
     # socketserver's default backlog of 5 resets connections when many clients connect at once.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], provider: FakeProvider) -> None:
+    def __init__(self, address: tuple[str, int], provider: Backend) -> None:
         self.provider = provider
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
