@@ -93,6 +93,9 @@ class ProviderResult:
     code: str = ""
     message: str = ""
     retry_after_s: int = 0
+    # Set when a definitive answer does not match what was asked (another amount, currency or
+    # key): the answer is still a fact to record, but a person must look at it.
+    mismatch: str = ""
 
     @property
     def charged(self) -> bool:
