@@ -77,7 +77,10 @@ def test_database_restart_mid_load_loses_no_charge_and_charges_none_twice(
         )
 
     assert failed, "the outage was felt (otherwise the drill tested nothing)"
-    assert {s.status for s in failed} == {503}, "every failure is the API's retryable 503"
+    # 503 when the database failed before the provider call; 504 outcome_unknown/settle_failed
+    # when it failed after it (README, Guarantees): both are retryable with the same key.
+    assert {s.status for s in failed} <= {503, 504}, "every failure is the API's retryable 503 or 504"
+    assert all(s.json()["error"]["code"] == "settle_failed" for s in failed if s.status == 504)
     assert all(s.json()["error"]["retryable"] for s in failed)
     assert set(retried) == {201}
     orders_sent = {s.request.tag for s in orders.samples}
