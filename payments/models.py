@@ -51,14 +51,7 @@ class Transaction(models.Model):
         PROVIDER_ERROR = "provider_error"
 
     TERMINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.DECLINED, Status.CANCELED})
-    # The one table of allowed moves. A definitive answer from the provider (succeeded,
-    # declined) may settle any row that is not final; only a lookup that proves no charge
-    # was made turns an unknown outcome into a failure; an unknown one is never canceled.
-    TRANSITIONS = {
-        Status.PENDING: frozenset({Status.SUCCEEDED, Status.DECLINED, Status.FAILED, Status.UNKNOWN}),
-        Status.FAILED: frozenset({Status.PENDING, Status.SUCCEEDED, Status.DECLINED, Status.CANCELED}),
-        Status.UNKNOWN: frozenset({Status.PENDING, Status.SUCCEEDED, Status.DECLINED, Status.FAILED}),
-    }
+    # The moves between statuses, and who may make them: payments.transitions.TABLE.
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     client = models.ForeignKey(
@@ -130,9 +123,6 @@ class Transaction(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL_STATUSES
-
-    def can_move_to(self, status: str) -> bool:
-        return status in self.TRANSITIONS.get(self.status, frozenset())
 
     @property
     def needs_review(self) -> bool:

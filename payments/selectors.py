@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
+from payments import transitions
 from payments.models import Transaction
 
 
@@ -38,58 +39,42 @@ def needs_review_q() -> Q:
 NOT_FINAL = (Transaction.Status.PENDING, Transaction.Status.FAILED, Transaction.Status.UNKNOWN)
 
 
-def due_for_retry(*, now: datetime, max_attempts: int) -> QuerySet[Transaction]:
-    return Transaction.objects.filter(
-        status=Transaction.Status.FAILED, next_retry_at__lte=now, attempts__lt=max_attempts, review_reason=""
-    ).order_by("next_retry_at", "pk")
+def due_for_retry(*, now: datetime) -> QuerySet[Transaction]:
+    return Transaction.objects.filter(transitions.due_q(now=now)).order_by("next_retry_at", "pk")
 
 
-def exhausted_unflagged(*, max_attempts: int) -> QuerySet[Transaction]:
+def exhausted_unflagged() -> QuerySet[Transaction]:
     """Failed rows at or past the attempt limit that nobody has been told about yet."""
-    return Transaction.objects.filter(
-        status=Transaction.Status.FAILED, attempts__gte=max_attempts, review_reason=""
-    ).order_by("pk")
+    return (
+        Transaction.objects.filter(status=Transaction.Status.FAILED, review_reason="")
+        .exclude(transitions.attempts_left_q())
+        .order_by("pk")
+    )
 
 
-def abandoned_pending(*, updated_before: datetime) -> QuerySet[Transaction]:
-    """Pending rows untouched since `updated_before`: their process died during the provider call."""
-    return Transaction.objects.filter(status=Transaction.Status.PENDING, updated_at__lt=updated_before)
-
-
-def to_reconcile(*, started_before: datetime) -> QuerySet[Transaction]:
+def to_reconcile(*, now: datetime) -> QuerySet[Transaction]:
     """What reconcile_payments asks the provider about, oldest first: unknown outcomes whose last
-    charge call started before `started_before` (no attempt can still be in flight), and pending
-    rows abandoned since then."""
-    unknown = Transaction.objects.filter(status=Transaction.Status.UNKNOWN).filter(
+    charge call started before the window (no attempt can still be in flight), and pending
+    rows abandoned mid-call."""
+    started_before = now - transitions.reconcile_after()
+    unknown = Q(status=Transaction.Status.UNKNOWN) & (
         Q(charge_started_at__lt=started_before) | Q(charge_started_at__isnull=True)
     )
-    return (unknown | abandoned_pending(updated_before=started_before)).order_by("updated_at", "pk")
-
-
-def cancel_refusal(txn: Transaction) -> str:
-    """Why this transaction may not be canceled, or "" when it may."""
-    if txn.status == Transaction.Status.UNKNOWN:
-        # Canceling would hide a charge the provider may have made.
-        return "the provider may have charged it; reconcile it first"
-    if txn.status == Transaction.Status.PENDING:
-        return "it is being sent to the provider right now; try again in a moment"
-    if not txn.can_move_to(Transaction.Status.CANCELED):
-        return f"it is already {txn.status}"
-    return ""
+    return Transaction.objects.filter(unknown | transitions.abandoned_q(now=now)).order_by("updated_at", "pk")
 
 
 # What waits for a person (the admin's "needs attention" view and its counts on the index).
 
 
-def attention_to_reconcile(*, now: datetime, reconcile_after: timedelta) -> QuerySet[Transaction]:
+def attention_to_reconcile(*, now: datetime) -> QuerySet[Transaction]:
     """Unknown outcomes, and pending rows abandoned mid-call, older than the reconcile window:
     reconcile_payments (or support's Reconcile) should already have asked the provider."""
-    return to_reconcile(started_before=now - reconcile_after)
+    return to_reconcile(now=now)
 
 
-def attention_overdue_retries(*, now: datetime, grace: timedelta, max_attempts: int) -> QuerySet[Transaction]:
+def attention_overdue_retries(*, now: datetime, grace: timedelta) -> QuerySet[Transaction]:
     """Failed rows whose automatic retry is more than `grace` late: retry_failed_payments may not run."""
-    return due_for_retry(now=now - grace, max_attempts=max_attempts)
+    return due_for_retry(now=now - grace)
 
 
 def attention_needs_review() -> QuerySet[Transaction]:

@@ -1,17 +1,206 @@
-"""What happens next to a payment, decided in one place.
+"""The state machine of a payment, and the rules about it, each written once.
 
-`next_step` is what the service will do with a payment on its own; the API, the admin and
-the payment page show it.
+`TABLE` is the one table of moves: (status, event) → the status it moves to, and who may
+trigger it. Every path that changes a row's status asks it (`move`, `claimable`): the charge
+path, the support actions, the batch commands. `manage.py transition_table` renders it into
+docs/architecture.md, and a test keeps the two equal.
+
+The rules written many times before live here, as a predicate on one row and, where the
+commands and the admin need it, as the same condition in SQL: abandoned, attempts left, due,
+cancelable, and `next_step`, what the service will do with a payment on its own.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 
 from payments.models import Transaction
+
+Status = Transaction.Status
+
+
+class Event(enum.StrEnum):
+    CLAIM = "claim"  # a process takes the row to send it or to look it up
+    PUT_BACK = "put_back"  # nothing was charged, or a lookup told nothing: as before the claim
+    SUCCEEDED = "succeeded"  # the provider says it charged
+    DECLINED = "declined"  # the provider refused the card or the request: final
+    OUTCOME_UNKNOWN = "outcome_unknown"  # a charge call ended without a definitive answer, or was cut off
+    SEND_FAILED = "send_failed"  # a charge call failed in a way that proves nothing was charged
+    NOT_FOUND = "not_found"  # a lookup after the window: the provider has no charge for the key
+    CANCEL = "cancel"  # given up on: never sent again
+
+
+class Actor(enum.StrEnum):
+    CLIENT = "client"  # an API client: a charge request (again with its Idempotency-Key), a cancel
+    RETRY = "retry"  # retry_failed_payments, the admin's Retry
+    RECONCILE = "reconcile"  # reconcile_payments, the admin's Reconcile
+    SUPPORT = "support"  # a person in the admin: Cancel…
+
+
+ACTOR_NAMES = {
+    Actor.CLIENT: "API client",
+    Actor.RETRY: "retry_failed_payments, admin Retry",
+    Actor.RECONCILE: "reconcile_payments, admin Reconcile",
+    Actor.SUPPORT: "admin Cancel…",
+}
+
+# Put back: the status the row had before its claim (failed or unknown).
+BEFORE_CLAIM = "before the claim"
+
+
+@dataclass(frozen=True)
+class Move:
+    to: str
+    by: frozenset[Actor]
+    why: str
+
+
+SENDERS = frozenset({Actor.CLIENT, Actor.RETRY})
+ANSWERED = frozenset({Actor.CLIENT, Actor.RETRY, Actor.RECONCILE})
+
+
+def _answers(why: str) -> dict[Event, Move]:
+    """A definitive answer from the provider settles any row that is not final."""
+    return {
+        Event.SUCCEEDED: Move(Status.SUCCEEDED, ANSWERED, why),
+        Event.DECLINED: Move(Status.DECLINED, ANSWERED, why),
+    }
+
+
+TABLE: dict[tuple[str, Event], Move] = {
+    **{(Status.PENDING, event): move for event, move in _answers("the answer to this claim's call").items()},
+    (Status.PENDING, Event.OUTCOME_UNKNOWN): Move(
+        Status.UNKNOWN,
+        SENDERS,
+        "no definitive answer, or an earlier call may have charged (unknown is sticky)",
+    ),
+    (Status.PENDING, Event.SEND_FAILED): Move(
+        Status.FAILED, SENDERS, "nothing was charged; sent again at next_retry_at while tries are left"
+    ),
+    (Status.PENDING, Event.NOT_FOUND): Move(
+        Status.FAILED,
+        frozenset({Actor.RECONCILE}),
+        "the provider has no charge and no attempt can be in flight",
+    ),
+    (Status.PENDING, Event.PUT_BACK): Move(
+        BEFORE_CLAIM, ANSWERED, "nothing was sent (breaker, credentials), or a lookup told nothing"
+    ),
+    (Status.PENDING, Event.CLAIM): Move(
+        Status.PENDING,
+        frozenset({Actor.CLIENT, Actor.RECONCILE}),
+        "abandoned mid-call (its process died): becomes unknown when put back",
+    ),
+    (Status.FAILED, Event.CLAIM): Move(Status.PENDING, SENDERS, "sent again with the same provider key"),
+    **{(Status.FAILED, event): move for event, move in _answers("a late answer").items()},
+    (Status.FAILED, Event.CANCEL): Move(
+        Status.CANCELED, frozenset({Actor.CLIENT, Actor.SUPPORT}), "known not charged: given up on"
+    ),
+    (Status.UNKNOWN, Event.CLAIM): Move(
+        Status.PENDING,
+        frozenset({Actor.CLIENT, Actor.RECONCILE}),
+        "sent again with the same key (client), or looked up (reconcile)",
+    ),
+    **{(Status.UNKNOWN, event): move for event, move in _answers("a late answer").items()},
+}
+
+
+class ActorNotAllowed(Exception):
+    """A code path triggered a move the table does not give it: a bug, never a user's error."""
+
+
+def move(status: str, event: Event, *, by: Actor) -> str | None:
+    """The status `event` moves a row in `status` to, or None when the table has no such move
+    (the row stays as it is)."""
+    found = TABLE.get((status, event))
+    if found is None:
+        return None
+    if by not in found.by:
+        raise ActorNotAllowed(f"{by} may not {event} a {status} payment")
+    return found.to
+
+
+def claimable(*, by: Actor) -> tuple[str, ...]:
+    """The statuses `by` may claim a row from."""
+    return tuple(
+        status for (status, event), found in TABLE.items() if event == Event.CLAIM and by in found.by
+    )
+
+
+def render_table() -> str:
+    """The table as Markdown, for docs/architecture.md."""
+    lines = ["| From | Event | To | Who | Why |", "| --- | --- | --- | --- | --- |"]
+    for (status, event), found in TABLE.items():
+        who = "; ".join(ACTOR_NAMES[actor] for actor in Actor if actor in found.by)
+        lines.append(f"| {status} | {event} | {found.to} | {who} | {found.why} |")
+    return "\n".join(lines) + "\n"
+
+
+# The rules, once.
+
+
+def reconcile_after() -> timedelta:
+    """How long after a charge call begins an attempt may still be in flight."""
+    return timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S)
+
+
+def attempts_left(txn: Transaction) -> bool:
+    return txn.attempts < settings.PAYMENT_MAX_ATTEMPTS
+
+
+def attempts_left_q() -> Q:
+    return Q(attempts__lt=settings.PAYMENT_MAX_ATTEMPTS)
+
+
+def abandoned(txn: Transaction, *, now: datetime) -> bool:
+    """Pending and untouched for the reconcile window: its process died during the provider call."""
+    return txn.status == Status.PENDING and txn.updated_at < now - reconcile_after()
+
+
+def abandoned_q(*, now: datetime) -> Q:
+    return Q(status=Status.PENDING, updated_at__lt=now - reconcile_after())
+
+
+def in_flight_until(txn: Transaction) -> datetime:
+    """Until when an attempt of the latest charge call may still be in flight."""
+    return (txn.charge_started_at or txn.created_at) + reconcile_after()
+
+
+def retryable_q() -> Q:
+    """What a Retry may send now, due or not: failed with tries left."""
+    return Q(status=Status.FAILED) & attempts_left_q()
+
+
+def reconcilable_q(*, now: datetime) -> Q:
+    """What a Reconcile may look up: an unknown outcome, or a row abandoned mid-call."""
+    return Q(status=Status.UNKNOWN) | abandoned_q(now=now)
+
+
+def due_q(*, now: datetime) -> Q:
+    """Failed, its retry due, tries left, and nobody asked to decide."""
+    return Q(status=Status.FAILED, next_retry_at__lte=now, review_reason="") & attempts_left_q()
+
+
+def retry_refusal() -> str:
+    return f"only a failed payment with fewer than {settings.PAYMENT_MAX_ATTEMPTS} tries can be retried"
+
+
+def cancel_refusal(txn: Transaction) -> str:
+    """Why this transaction may not be canceled, or "" when it may."""
+    if txn.status == Status.UNKNOWN:
+        # Canceling would hide a charge the provider may have made.
+        return "the provider may have charged it; reconcile it first"
+    if txn.status == Status.PENDING:
+        return "it is being sent to the provider right now; try again in a moment"
+    if (txn.status, Event.CANCEL) not in TABLE:
+        return f"it is already {txn.status}"
+    return ""
+
 
 NEXT_ACTIONS = {
     "none": "Final: nothing more will happen.",
@@ -24,15 +213,15 @@ NEXT_ACTIONS = {
 
 def next_step(txn: Transaction) -> dict[str, Any]:
     """What the service will do next with this payment, on its own."""
-    Status = Transaction.Status
     if txn.status == Status.PENDING:
         return {"action": "wait", "at": None}
     if txn.status == Status.UNKNOWN:
-        started = txn.charge_started_at or txn.created_at
-        at = started + timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S) if started else None
-        return {"action": "verify", "at": at}
+        return {
+            "action": "verify",
+            "at": in_flight_until(txn) if (txn.charge_started_at or txn.created_at) else None,
+        }
     if txn.status == Status.FAILED:
-        if txn.needs_review or txn.next_retry_at is None or txn.attempts >= settings.PAYMENT_MAX_ATTEMPTS:
+        if txn.needs_review or txn.next_retry_at is None or not attempts_left(txn):
             return {"action": "review", "at": None}
         return {"action": "retry", "at": txn.next_retry_at}
     return {"action": "none", "at": None}

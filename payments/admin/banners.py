@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils.timezone import localtime
 
-from payments import provider, selectors, services
+from payments import provider, selectors, transitions
 from payments.models import PaymentAttempt, Transaction
 from payments.outcomes import answer
 from payments.transitions import next_step
@@ -104,7 +104,7 @@ def state_banner(txn: Transaction, *, now: datetime) -> Banner:
         return _unknown_banner(txn, now=now, extra=review)
     if txn.status == Status.PENDING:
         since = txn.updated_at
-        if since and since < now - services.reconcile_after():
+        if since and transitions.abandoned(txn, now=now):
             return Banner(
                 "warning",
                 "Abandoned: the provider may have charged; Reconcile asks it.",
@@ -158,7 +158,7 @@ def _failed_banner(txn: Transaction, *, now: datetime) -> Banner:
                 schedule += " Is retry_failed_payments running?"
                 level = "warning"
         return Banner(level, "Not charged: retry is safe.", (what_line, schedule, tries))
-    spent = txn.attempts >= settings.PAYMENT_MAX_ATTEMPTS
+    spent = not transitions.attempts_left(txn)
     reason = txn.review_reason or (
         "the attempt limit is spent" if spent else "no automatic retry is scheduled"
     )
@@ -178,12 +178,11 @@ def allowed_actions(txn: Transaction, *, user: AbstractBaseUser, now: datetime) 
     """The support actions this user may take on this payment in its state."""
     actions = []
     may_retry = user.has_perm("payments.retry_transaction")
-    if may_retry and txn.status == Status.FAILED and txn.attempts < settings.PAYMENT_MAX_ATTEMPTS:
+    if may_retry and txn.status == Status.FAILED and transitions.attempts_left(txn):
         actions.append("retry")
-    abandoned = txn.status == Status.PENDING and txn.updated_at < now - services.reconcile_after()
-    if may_retry and (txn.status == Status.UNKNOWN or abandoned):
+    if may_retry and (txn.status == Status.UNKNOWN or transitions.abandoned(txn, now=now)):
         actions.append("reconcile")
-    if user.has_perm("payments.cancel_transaction") and txn.status == Status.FAILED:
+    if user.has_perm("payments.cancel_transaction") and not transitions.cancel_refusal(txn):
         actions.append("cancel")
     return actions
 

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.main import SEARCH_VAR, ChangeList
 from django.db.models import QuerySet
@@ -14,7 +13,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 
-from payments import selectors, services
+from payments import selectors
 from payments.admin.banners import RETRY_GRACE, minutes
 from payments.models import Transaction
 
@@ -22,13 +21,11 @@ from payments.models import Transaction
 ATTENTION: dict[str, tuple[str, Callable[[datetime], QuerySet[Transaction]]]] = {
     "reconcile": (
         "Outcome unknown, past the reconcile window",
-        lambda now: selectors.attention_to_reconcile(now=now, reconcile_after=services.reconcile_after()),
+        lambda now: selectors.attention_to_reconcile(now=now),
     ),
     "overdue": (
         f"Retry overdue by over {minutes(RETRY_GRACE)} min",
-        lambda now: selectors.attention_overdue_retries(
-            now=now, grace=RETRY_GRACE, max_attempts=settings.PAYMENT_MAX_ATTEMPTS
-        ),
+        lambda now: selectors.attention_overdue_retries(now=now, grace=RETRY_GRACE),
     ),
     "review": ("Needs review", lambda now: selectors.attention_needs_review()),
 }

@@ -19,7 +19,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from payments import selectors, services
+from payments import services, transitions
 from payments.admin.attempts import PaymentAttemptInline
 from payments.admin.banners import (
     NO_WRAP,
@@ -245,7 +245,7 @@ class TransactionAdmin(admin.ModelAdmin):
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         txn = self._target(request, object_id, "cancel")
-        refusal = selectors.cancel_refusal(txn)
+        refusal = transitions.cancel_refusal(txn)
         if refusal:
             self.message_user(request, f"Cannot cancel: {refusal}.", messages.WARNING)
             return self._back(txn)
@@ -348,7 +348,7 @@ class TransactionAdmin(admin.ModelAdmin):
             self.message_user(request, f"Canceled {canceled} payment(s); {skipped} skipped.", level)
             return None
         rows = [
-            {"transaction": txn, "reason": selectors.cancel_refusal(txn)}
+            {"transaction": txn, "reason": transitions.cancel_refusal(txn)}
             for txn in queryset.select_related("client")
         ]
         for row in rows:

@@ -22,6 +22,7 @@ from payments.api.serializers import (
     TransactionSerializer,
 )
 from payments.models import Transaction
+from payments.transitions import Actor
 
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 _PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
@@ -159,6 +160,9 @@ class ChargeCancelView(APIView):
     def post(self, request: Request, transaction_id: str) -> Response:
         txn = _transaction_for(request, transaction_id)
         canceled = services.charge_cancel(
-            transaction_id=txn.pk, reason="canceled by the API client", actor=request.user.get_username()
+            transaction_id=txn.pk,
+            reason="canceled by the API client",
+            actor=request.user.get_username(),
+            by=Actor.CLIENT,
         )
         return Response(TransactionSerializer(canceled).data)

@@ -12,7 +12,6 @@ The names below are the services' public interface; entry points import them fro
 from payments.roles import SUPPORT_GROUP_NAME
 from payments.services.charge import Charged, ChargeRequest, charge_create
 from payments.services.claims import ERROR_OUTCOMES, ActionOutcome, ActionResult
-from payments.services.settlement import reconcile_after
 from payments.services.support import (
     charge_cancel,
     charge_reconcile,
@@ -22,6 +21,7 @@ from payments.services.support import (
     flag_exhausted,
 )
 from payments.services.users import support_user_create
+from payments.transitions import reconcile_after
 
 __all__ = [
     "ERROR_OUTCOMES",

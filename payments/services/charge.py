@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
@@ -23,7 +22,7 @@ from django.utils import timezone
 from core.db import release_db_connection
 from core.events import log_event
 from core.logs.request_id import current_request_id
-from payments import failpoints, provider, selectors
+from payments import failpoints, provider, selectors, transitions
 from payments.errors import (
     CardDeclined,
     ChargeCanceled,
@@ -43,14 +42,15 @@ from payments.services.settlement import (
     alarm_misconfigured,
     assign,
     interrupted_fields,
-    reconcile_after,
     send_charge,
     settle_with_retry,
 )
+from payments.transitions import Actor, Event
 
 logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
 
 Status = Transaction.Status
+CLIENT = Actor.CLIENT
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,8 @@ def _insert_pending(
 def _resume(txn: Transaction, fingerprint: str) -> Charged:
     if txn.request_fingerprint != fingerprint:
         raise IdempotencyConflict(transaction=txn)
-    sendable = txn.status in (Status.FAILED, Status.UNKNOWN) and txn.attempts < settings.PAYMENT_MAX_ATTEMPTS
-    abandoned = txn.status == Status.PENDING and txn.updated_at < timezone.now() - reconcile_after()
-    if not (sendable or abandoned):
+    sendable = txn.status in (Status.FAILED, Status.UNKNOWN) and transitions.attempts_left(txn)
+    if not (sendable or transitions.abandoned(txn, now=timezone.now())):
         return raise_for_status(txn, replayed=True)
     with _provider_call_slot():
         # Sending again with the same provider key is safe: the provider charges it at most once.
@@ -147,15 +146,13 @@ def _claim_for_charge(txn: Transaction) -> Transaction | None:
 
     Returns the row as it was before the claim (to put it back), or None if another got it.
     """
-    if txn.status == Status.PENDING:
-        candidates = Transaction.objects.filter(
-            pk=txn.pk, status=Status.PENDING, updated_at__lt=timezone.now() - reconcile_after()
-        )
-    else:
-        candidates = Transaction.objects.filter(
-            pk=txn.pk, status=txn.status, attempts__lt=settings.PAYMENT_MAX_ATTEMPTS
-        )
     now = timezone.now()
+    if transitions.move(txn.status, Event.CLAIM, by=CLIENT) is None:
+        return None
+    if txn.status == Status.PENDING:
+        candidates = Transaction.objects.filter(transitions.abandoned_q(now=now), pk=txn.pk)
+    else:
+        candidates = Transaction.objects.filter(transitions.attempts_left_q(), pk=txn.pk, status=txn.status)
     changes: dict[str, Any] = {
         "status": Status.PENDING,
         "updated_at": now,
@@ -204,7 +201,7 @@ def _call_provider_and_settle(txn: Transaction, *, previous: Transaction | None)
             raise ProviderUnavailable(code="provider_misconfigured", retry_after_s=60)
         raise ProviderUnavailable(code=result.code, retry_after_s=max(1, result.retry_after_s))
     try:
-        settled = settle_with_retry(transaction_id=txn.pk, result=result)
+        settled = settle_with_retry(transaction_id=txn.pk, result=result, by=CLIENT)
     except DatabaseError as exc:
         # The provider was called but its answer could not be saved: whatever it said, the row
         # is still pending and reconcile_payments will settle it. Never "busy, not charged".
@@ -232,7 +229,7 @@ def _unsend(txn: Transaction, *, previous: Transaction | None, result: ProviderR
         if previous is None:
             Transaction.objects.filter(pk=txn.pk, status=Status.PENDING).delete()
         else:
-            put_back(previous, attempts=result.attempts, kind="charge")
+            put_back(previous, by=CLIENT, attempts=result.attempts, kind="charge")
 
 
 def raise_for_status(txn: Transaction, *, replayed: bool = False) -> Charged:
@@ -250,6 +247,6 @@ def raise_for_status(txn: Transaction, *, replayed: bool = False) -> Charged:
         raise RequestInProgress(transaction=txn)
     if txn.status == Status.UNKNOWN:
         raise OutcomeUnknown(code=txn.error_code or "interrupted", transaction=txn, replayed=replayed)
-    if txn.next_retry_at is None or txn.attempts >= settings.PAYMENT_MAX_ATTEMPTS:
+    if txn.next_retry_at is None or not transitions.attempts_left(txn):
         raise NeedsReview(transaction=txn, replayed=replayed)
     raise RetryScheduled(code=txn.error_code or "provider_error", transaction=txn, replayed=replayed)

@@ -21,10 +21,11 @@ from django.utils import timezone
 
 from core.db import release_db_connection
 from core.events import log_event
-from payments import provider
+from payments import provider, transitions
 from payments.models import Transaction
 from payments.provider import ProviderResult
 from payments.services.settlement import assign, interrupted_fields, log_needs_review, record_attempts
+from payments.transitions import Actor, Event
 
 logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
 
@@ -74,7 +75,11 @@ def skipped(transaction_id: uuid.UUID, detail: str) -> ActionResult:
 
 
 def claim(
-    candidates: QuerySet[Transaction], *, skip_ids: Collection[uuid.UUID] = (), for_charge: bool = False
+    candidates: QuerySet[Transaction],
+    *,
+    by: Actor,
+    skip_ids: Collection[uuid.UUID] = (),
+    for_charge: bool = False,
 ) -> Transaction | None:
     """Move the first of `candidates` to pending, so that nobody else works on it (`for_charge`:
     and mark when its charge call begins).
@@ -82,8 +87,10 @@ def claim(
     Returns the row as it was before the claim, so that it can be put back, or None
     when no candidate is left. The conditional UPDATE re-checks the candidates'
     conditions, so two processes never both claim a row; where the database has
-    SKIP LOCKED (MariaDB 10.6+), concurrent runs also pass each other's rows by.
+    SKIP LOCKED (MariaDB 10.6+), concurrent runs also pass each other's rows by. Only rows in a
+    status the transition table lets `by` claim are candidates.
     """
+    candidates = candidates.filter(status__in=transitions.claimable(by=by))
     queryset = candidates.exclude(pk__in=list(skip_ids)) if skip_ids else candidates
     while True:
         if connection.features.has_select_for_update_skip_locked:
@@ -113,6 +120,7 @@ def _claim_first(
 def put_back(
     claimed: Transaction,
     *,
+    by: Actor,
     attempts: tuple[provider.Attempt, ...] = (),
     kind: str = "lookup",
     review_reason: str = "",
@@ -121,7 +129,7 @@ def put_back(
     with transaction.atomic():
         txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
         record_attempts(txn=txn, attempts=attempts, kind=kind)
-        if txn.status == Status.PENDING:
+        if transitions.move(txn.status, Event.PUT_BACK, by=by) == transitions.BEFORE_CLAIM:
             restored = {
                 name: getattr(claimed, name)
                 for name in ("status", "error_type", "error_code", "error_message", "charge_started_at")
@@ -135,7 +143,7 @@ def put_back(
 
 
 def call_provider_for_claim(
-    claimed: Transaction, call: Callable[[provider.PaymentProvider], ProviderResult], *, kind: str
+    claimed: Transaction, call: Callable[[provider.PaymentProvider], ProviderResult], *, kind: str, by: Actor
 ) -> ProviderResult:
     """Call the provider for a claimed row, with no database connection held.
 
@@ -153,16 +161,17 @@ def call_provider_for_claim(
         return call(client)
     except BaseException:
         if called and kind == "charge":
-            mark_interrupted(claimed)
+            mark_interrupted(claimed, by=by)
         else:
-            put_back(claimed)
+            put_back(claimed, by=by)
         raise
 
 
-def mark_interrupted(claimed: Transaction) -> None:
-    Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING).update(
-        **interrupted_fields(claimed), next_retry_at=None
-    )
+def mark_interrupted(claimed: Transaction, *, by: Actor) -> None:
+    """A charge call was cut off: the provider may have charged, so the row becomes unknown."""
+    fields = interrupted_fields(claimed)
+    fields["status"] = transitions.move(Status.PENDING, Event.OUTCOME_UNKNOWN, by=by)
+    Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING).update(**fields, next_retry_at=None)
     log_event(
         logger,
         "payment.call_interrupted",
@@ -172,7 +181,9 @@ def mark_interrupted(claimed: Transaction) -> None:
     )
 
 
-def isolated(claimed: Transaction, actor: str, work: Callable[..., ActionResult]) -> ActionResult:
+def isolated(
+    claimed: Transaction, actor: str, work: Callable[..., ActionResult], *, by: Actor
+) -> ActionResult:
     """Run one claimed row's work; an unexpected error flags that row for review and is
     reported as its result, so one bad row never stops a batch."""
     try:
@@ -190,10 +201,10 @@ def isolated(claimed: Transaction, actor: str, work: Callable[..., ActionResult]
         reason = f"{actor} hit an error ({type(exc).__name__}); see the log"
         current = Transaction.objects.filter(pk=claimed.pk).values_list("status", flat=True).first()
         if current == Status.PENDING and getattr(claimed, "charge_sent", False):
-            mark_interrupted(claimed)  # the charge may have been made: unknown, never "failed"
+            mark_interrupted(claimed, by=by)  # the charge may have been made: unknown, never "failed"
             Transaction.objects.filter(pk=claimed.pk).update(review_reason=reason)
         elif current == Status.PENDING:
-            put_back(claimed, review_reason=reason)
+            put_back(claimed, by=by, review_reason=reason)
         else:
             Transaction.objects.filter(pk=claimed.pk).update(review_reason=reason)
         return ActionResult(claimed.pk, ActionOutcome.ERROR, claimed.status, reason)

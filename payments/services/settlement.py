@@ -14,17 +14,17 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from core import metrics
 from core.db import release_db_connection
 from core.events import log_event
-from payments import failpoints, provider, selectors
+from payments import failpoints, provider, selectors, transitions
 from payments.errors import ProviderUnavailable
 from payments.models import PaymentAttempt, Transaction
 from payments.provider import Outcome, ProviderResult
+from payments.transitions import Actor, Event
 
 logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
 
@@ -34,10 +34,6 @@ Status = Transaction.Status
 RETRY_BASE_DELAY_S = 60
 
 RETRY_MAX_DELAY_S = 3600
-
-
-def reconcile_after() -> timedelta:
-    return timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S)
 
 
 def interrupted_fields(txn: Transaction) -> dict[str, Any]:
@@ -84,15 +80,15 @@ NOTHING_SENT = frozenset({Outcome.UNAVAILABLE, Outcome.MISCONFIGURED})
 SETTLE_BACKOFF_S = (0.2, 0.5)
 
 
-def settle_with_retry(*, transaction_id: uuid.UUID, result: ProviderResult) -> Transaction:
+def settle_with_retry(*, transaction_id: uuid.UUID, result: ProviderResult, by: Actor) -> Transaction:
     """settle(), tried again on a database error with a fresh connection each time."""
     for pause_s in SETTLE_BACKOFF_S:
         try:
-            return settle(transaction_id=transaction_id, result=result)
+            return settle(transaction_id=transaction_id, result=result, by=by)
         except DatabaseError:
             release_db_connection()
             time.sleep(pause_s)
-    return settle(transaction_id=transaction_id, result=result)
+    return settle(transaction_id=transaction_id, result=result, by=by)
 
 
 def send_charge(txn: Transaction, client: provider.PaymentProvider) -> ProviderResult:
@@ -107,10 +103,10 @@ def send_charge(txn: Transaction, client: provider.PaymentProvider) -> ProviderR
     )
 
 
-def next_retry_at(attempts: int) -> datetime | None:
-    if attempts >= settings.PAYMENT_MAX_ATTEMPTS:
+def next_retry_at(txn: Transaction) -> datetime | None:
+    if not transitions.attempts_left(txn):
         return None
-    delay_s = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** max(0, attempts - 1))
+    delay_s = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** max(0, txn.attempts - 1))
     return timezone.now() + timedelta(seconds=delay_s)
 
 
@@ -134,12 +130,28 @@ def record_attempts(*, txn: Transaction, attempts: tuple[provider.Attempt, ...],
     )
 
 
-def settle(*, transaction_id: uuid.UUID, result: ProviderResult, kind: str = "charge") -> Transaction:
+def answer_event(txn: Transaction, result: ProviderResult, *, kind: str) -> Event | None:
+    """The event a provider's answer is in the transition table; None: it changes nothing."""
+    if result.outcome == Outcome.SUCCEEDED:
+        return Event.SUCCEEDED
+    if result.outcome in (Outcome.DECLINED, Outcome.REJECTED):
+        return Event.DECLINED
+    if kind != "charge":
+        return None
+    if result.outcome == Outcome.UNKNOWN or txn.error_type == Transaction.ErrorType.OUTCOME_UNKNOWN:
+        return Event.OUTCOME_UNKNOWN  # this call, or an earlier one, may have charged: unknown is sticky
+    return Event.SEND_FAILED
+
+
+def settle(
+    *, transaction_id: uuid.UUID, result: ProviderResult, by: Actor, kind: str = "charge"
+) -> Transaction:
     """Record the attempts and the outcome in one short transaction, under a row lock.
 
-    The rules of payments.outcomes: a definitive answer settles any row that is not final;
-    after a charge call, anything else leaves the row unknown if this call or any earlier one
-    may have charged (unknown is sticky), failed otherwise.
+    The rules of payments.outcomes, as the transition table writes them: a definitive answer
+    settles any row that is not final; after a charge call, anything else leaves the row
+    unknown if this call or any earlier one may have charged (unknown is sticky), failed
+    otherwise.
     """
     with transaction.atomic():
         txn = Transaction.objects.select_for_update().get(pk=transaction_id)
@@ -148,29 +160,29 @@ def settle(*, transaction_id: uuid.UUID, result: ProviderResult, kind: str = "ch
         previous_status = txn.status
         if kind == "charge" and result.attempts:
             txn.attempts += 1
-        if result.outcome in FINAL_OUTCOMES and txn.can_move_to(FINAL_OUTCOMES[result.outcome][0]):
-            status, error_type = FINAL_OUTCOMES[result.outcome]
-            txn.status, txn.error_type = status, error_type
+        event = answer_event(txn, result, kind=kind)
+        target = transitions.move(txn.status, event, by=by) if event else None
+        if target in (Status.SUCCEEDED, Status.DECLINED):
+            txn.status, txn.error_type = target, FINAL_ERROR_TYPES[result.outcome]
             txn.provider_charge_id = result.charge_id
-            txn.error_code = "" if status == Status.SUCCEEDED else result.code
-            txn.error_message = "" if status == Status.SUCCEEDED else result.message
+            txn.error_code = "" if target == Status.SUCCEEDED else result.code
+            txn.error_message = "" if target == Status.SUCCEEDED else result.message
             txn.source = ""
             txn.next_retry_at = None
             txn.review_reason = ""
-        elif kind == "charge" and txn.status == Status.PENDING:
-            if result.outcome == Outcome.UNKNOWN or txn.error_type == Transaction.ErrorType.OUTCOME_UNKNOWN:
-                if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
-                    txn.error_code, txn.error_message = result.code, result.message
-                txn.status = Status.UNKNOWN
-                txn.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
-                txn.next_retry_at = None
-            else:
-                txn.status = Status.FAILED
-                txn.error_type = Transaction.ErrorType.PROVIDER_ERROR
+        elif target == Status.UNKNOWN:
+            if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
                 txn.error_code, txn.error_message = result.code, result.message
-                txn.next_retry_at = next_retry_at(txn.attempts)
-                if txn.next_retry_at is None:
-                    txn.review_reason = f"not charged after {txn.attempts} tries"
+            txn.status = Status.UNKNOWN
+            txn.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
+            txn.next_retry_at = None
+        elif target == Status.FAILED:
+            txn.status = Status.FAILED
+            txn.error_type = Transaction.ErrorType.PROVIDER_ERROR
+            txn.error_code, txn.error_message = result.code, result.message
+            txn.next_retry_at = next_retry_at(txn)
+            if txn.next_retry_at is None:
+                txn.review_reason = f"not charged after {txn.attempts} tries"
         txn.save()
     if kind == "charge":
         metrics.CHARGES.labels(result.outcome.value).inc()
@@ -178,10 +190,10 @@ def settle(*, transaction_id: uuid.UUID, result: ProviderResult, kind: str = "ch
     return txn
 
 
-FINAL_OUTCOMES = {
-    Outcome.SUCCEEDED: (Status.SUCCEEDED, ""),
-    Outcome.DECLINED: (Status.DECLINED, Transaction.ErrorType.CARD_ERROR),
-    Outcome.REJECTED: (Status.DECLINED, Transaction.ErrorType.PROVIDER_REJECTED),
+FINAL_ERROR_TYPES = {
+    Outcome.SUCCEEDED: "",
+    Outcome.DECLINED: Transaction.ErrorType.CARD_ERROR,
+    Outcome.REJECTED: Transaction.ErrorType.PROVIDER_REJECTED,
 }
 
 
@@ -249,12 +261,12 @@ def settle_not_charged(claimed: Transaction, result: ProviderResult) -> Transact
     with transaction.atomic():
         txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
         record_attempts(txn=txn, attempts=result.attempts, kind="lookup")
-        if txn.status == Status.PENDING:
+        if transitions.move(txn.status, Event.NOT_FOUND, by=Actor.RECONCILE) == Status.FAILED:
             txn.status = Status.FAILED
             txn.error_type = Transaction.ErrorType.PROVIDER_ERROR
             txn.error_code = selectors.NOT_CHARGED_CODE
             txn.error_message = "The provider made no charge with this key; sending it again is safe."
-            txn.next_retry_at = timezone.now() if txn.attempts < settings.PAYMENT_MAX_ATTEMPTS else None
+            txn.next_retry_at = timezone.now() if transitions.attempts_left(txn) else None
             txn.review_reason = "" if txn.next_retry_at else f"not charged after {txn.attempts} tries"
             txn.save()
     if txn.needs_review:

@@ -11,11 +11,10 @@ from collections.abc import Collection
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from core.events import log_event
-from payments import selectors
+from payments import selectors, transitions
 from payments.errors import InvalidRequest, NotCancelable
 from payments.models import Transaction
 from payments.provider import Outcome
@@ -36,31 +35,26 @@ from payments.services.settlement import (
     ensure_provider_available,
     interrupted_fields,
     log_needs_review,
-    reconcile_after,
     send_charge,
     settle,
     settle_not_charged,
 )
+from payments.transitions import Actor, Event
 
 logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
 
 Status = Transaction.Status
+RETRY, RECONCILE, SUPPORT = Actor.RETRY, Actor.RECONCILE, Actor.SUPPORT
 
 
 def charge_retry(*, transaction_id: uuid.UUID, actor: str) -> ActionResult:
     """Send a failed transaction again now, due or not, within the attempt limit."""
     claimed = claim(
-        Transaction.objects.filter(
-            pk=transaction_id, status=Status.FAILED, attempts__lt=settings.PAYMENT_MAX_ATTEMPTS
-        ),
-        for_charge=True,
+        Transaction.objects.filter(transitions.retryable_q(), pk=transaction_id), by=RETRY, for_charge=True
     )
     if claimed is None:
-        return skipped(
-            transaction_id,
-            f"only a failed payment with fewer than {settings.PAYMENT_MAX_ATTEMPTS} tries can be retried",
-        )
-    return isolated(claimed, actor, _retry_claimed)
+        return skipped(transaction_id, transitions.retry_refusal())
+    return isolated(claimed, actor, _retry_claimed, by=RETRY)
 
 
 def charge_retry_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> ActionResult | None:
@@ -69,16 +63,16 @@ def charge_retry_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> ActionR
     Raises ProviderUnavailable, claiming nothing, while the circuit breaker is open.
     """
     ensure_provider_available()
-    candidates = selectors.due_for_retry(now=timezone.now(), max_attempts=settings.PAYMENT_MAX_ATTEMPTS)
-    claimed = claim(candidates, skip_ids=skip_ids, for_charge=True)
-    return None if claimed is None else isolated(claimed, actor, _retry_claimed)
+    candidates = selectors.due_for_retry(now=timezone.now())
+    claimed = claim(candidates, by=RETRY, skip_ids=skip_ids, for_charge=True)
+    return None if claimed is None else isolated(claimed, actor, _retry_claimed, by=RETRY)
 
 
 def flag_exhausted() -> int:
     """Flag for review, at once, failed rows that may not be tried again (the limit was lowered,
     say): they would otherwise wait for a retry that never comes."""
     flagged = 0
-    for txn in selectors.exhausted_unflagged(max_attempts=settings.PAYMENT_MAX_ATTEMPTS):
+    for txn in selectors.exhausted_unflagged():
         reason = f"not charged after {txn.attempts} tries (limit {settings.PAYMENT_MAX_ATTEMPTS})"
         if Transaction.objects.filter(pk=txn.pk, status=Status.FAILED, review_reason="").update(
             next_retry_at=None, review_reason=reason, updated_at=timezone.now()
@@ -91,15 +85,17 @@ def flag_exhausted() -> int:
 
 def _retry_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
     if not claimed.source:
-        put_back(claimed)
+        put_back(claimed, by=RETRY)
         return skipped(claimed.pk, "no card token is stored for this transaction")
-    result = call_provider_for_claim(claimed, lambda client: send_charge(claimed, client), kind="charge")
+    result = call_provider_for_claim(
+        claimed, lambda client: send_charge(claimed, client), kind="charge", by=RETRY
+    )
     if result.outcome in NOTHING_SENT:
-        put_back(claimed, attempts=result.attempts, kind="charge")
+        put_back(claimed, by=RETRY, attempts=result.attempts, kind="charge")
         if result.outcome == Outcome.MISCONFIGURED:
             alarm_misconfigured(result)
         return ActionResult(claimed.pk, ActionOutcome.UNAVAILABLE, claimed.status, result.message)
-    settled = settle(transaction_id=claimed.pk, result=result)
+    settled = settle(transaction_id=claimed.pk, result=result, by=RETRY)
     outcome = OUTCOME_OF_STATUS.get(settled.status, ActionOutcome.SKIPPED)
     log_event(
         logger,
@@ -116,26 +112,24 @@ def _retry_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
 def charge_reconcile(*, transaction_id: uuid.UUID, actor: str) -> ActionResult:
     """Ask the provider what became of one unknown-outcome transaction, or of a pending one
     abandoned mid-call (pending for longer than PAYMENT_RECONCILE_AFTER_S)."""
-    candidates = Transaction.objects.filter(pk=transaction_id).filter(
-        Q(status=Status.UNKNOWN) | Q(status=Status.PENDING, updated_at__lt=timezone.now() - reconcile_after())
-    )
-    claimed = claim(candidates)
+    candidates = Transaction.objects.filter(transitions.reconcilable_q(now=timezone.now()), pk=transaction_id)
+    claimed = claim(candidates, by=RECONCILE)
     if claimed is None:
         return skipped(
             transaction_id,
             "only a payment whose outcome is unknown, or one pending for over "
             f"{settings.PAYMENT_RECONCILE_AFTER_S} s, can be reconciled",
         )
-    return isolated(claimed, actor, _reconcile_claimed)
+    return isolated(claimed, actor, _reconcile_claimed, by=RECONCILE)
 
 
 def charge_reconcile_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> ActionResult | None:
     """Claim the next unknown or abandoned transaction whose attempts can no longer be in flight,
     and look it up. Raises ProviderUnavailable, claiming nothing, while the breaker is open."""
     ensure_provider_available()
-    candidates = selectors.to_reconcile(started_before=timezone.now() - reconcile_after())
-    claimed = claim(candidates, skip_ids=skip_ids)
-    return None if claimed is None else isolated(claimed, actor, _reconcile_claimed)
+    candidates = selectors.to_reconcile(now=timezone.now())
+    claimed = claim(candidates, by=RECONCILE, skip_ids=skip_ids)
+    return None if claimed is None else isolated(claimed, actor, _reconcile_claimed, by=RECONCILE)
 
 
 def _reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
@@ -143,26 +137,28 @@ def _reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
         assign(claimed, interrupted_fields(claimed))  # abandoned mid-call: put back as unknown
     provider_key = claimed.provider_idempotency_key
     result = call_provider_for_claim(
-        claimed, lambda client: client.lookup(provider_key=provider_key), kind="lookup"
+        claimed, lambda client: client.lookup(provider_key=provider_key), kind="lookup", by=RECONCILE
     )
-    in_flight_until = (claimed.charge_started_at or claimed.created_at) + reconcile_after()
+    in_flight_until = transitions.in_flight_until(claimed)
     detail = ""
     if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
-        settled = settle(transaction_id=claimed.pk, result=result, kind="lookup")
+        settled = settle(transaction_id=claimed.pk, result=result, by=RECONCILE, kind="lookup")
         outcome = OUTCOME_OF_STATUS[settled.status]
     elif result.outcome == Outcome.NOT_FOUND and timezone.now() >= in_flight_until:
         settled = settle_not_charged(claimed, result)
         outcome = ActionOutcome.NOT_CHARGED
     elif result.outcome == Outcome.NOT_FOUND:
         # No charge yet, but an attempt may still be in flight: a 404 proves nothing until then.
-        settled = put_back(claimed, attempts=result.attempts, kind="lookup")
+        settled = put_back(claimed, by=RECONCILE, attempts=result.attempts, kind="lookup")
         outcome = ActionOutcome.UNKNOWN
         detail = f"no charge found yet; an attempt may be in flight until {in_flight_until.isoformat()}"
     else:
         review = (
             "the provider's answer to a lookup could not be used" if result.code == "unusable_answer" else ""
         )
-        settled = put_back(claimed, attempts=result.attempts, kind="lookup", review_reason=review)
+        settled = put_back(
+            claimed, by=RECONCILE, attempts=result.attempts, kind="lookup", review_reason=review
+        )
         outcome = ActionOutcome.UNAVAILABLE
         detail = result.message
     log_event(
@@ -180,7 +176,7 @@ def _reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
     return ActionResult(claimed.pk, outcome, settled.status, detail or settled.error_message)
 
 
-def charge_cancel(*, transaction_id: uuid.UUID, reason: str, actor: str) -> Transaction:
+def charge_cancel(*, transaction_id: uuid.UUID, reason: str, actor: str, by: Actor = SUPPORT) -> Transaction:
     """Give up on a payment that was not charged; it will never be sent again. Idempotent.
 
     Refused (NotCancelable) while it may have been charged (unknown, or in flight) or once final.
@@ -192,10 +188,10 @@ def charge_cancel(*, transaction_id: uuid.UUID, reason: str, actor: str) -> Tran
         txn = Transaction.objects.select_for_update().get(pk=transaction_id)
         if txn.status == Status.CANCELED:
             return txn
-        refusal = selectors.cancel_refusal(txn)
+        refusal = transitions.cancel_refusal(txn)
         if refusal:
             raise NotCancelable(f"This payment cannot be canceled: {refusal}.", transaction=txn)
-        txn.status = Status.CANCELED
+        txn.status = transitions.move(txn.status, Event.CANCEL, by=by)
         txn.status_note = reason[:500]
         txn.source = ""
         txn.next_retry_at = None

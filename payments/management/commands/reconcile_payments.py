@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from payments import selectors, services
+from payments import selectors, services, transitions
 from payments.batch import BatchCommand
 from payments.models import Transaction
 from payments.services import ActionResult
@@ -31,10 +29,9 @@ class Command(BatchCommand):
         return services.charge_reconcile(transaction_id=transaction_id, actor=ACTOR)
 
     def dry_run_candidates(self, options: dict[str, Any]) -> QuerySet[Transaction]:
-        cutoff = timezone.now() - timedelta(seconds=settings.PAYMENT_RECONCILE_AFTER_S)
+        now = timezone.now()
         if options["transaction_ids"]:
-            return Transaction.objects.filter(pk__in=options["transaction_ids"]).filter(
-                Q(status=Transaction.Status.UNKNOWN)
-                | Q(status=Transaction.Status.PENDING, updated_at__lt=cutoff)
+            return Transaction.objects.filter(
+                transitions.reconcilable_q(now=now), pk__in=options["transaction_ids"]
             )
-        return selectors.to_reconcile(started_before=cutoff)
+        return selectors.to_reconcile(now=now)

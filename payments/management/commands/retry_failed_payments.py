@@ -3,11 +3,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from payments import selectors, services
+from payments import selectors, services, transitions
 from payments.batch import BatchCommand
 from payments.models import Transaction
 from payments.services import ActionResult
@@ -33,7 +32,5 @@ class Command(BatchCommand):
 
     def dry_run_candidates(self, options: dict[str, Any]) -> QuerySet[Transaction]:
         if options["transaction_ids"]:
-            return Transaction.objects.filter(
-                pk__in=options["transaction_ids"], status=Transaction.Status.FAILED
-            )
-        return selectors.due_for_retry(now=timezone.now(), max_attempts=settings.PAYMENT_MAX_ATTEMPTS)
+            return Transaction.objects.filter(transitions.retryable_q(), pk__in=options["transaction_ids"])
+        return selectors.due_for_retry(now=timezone.now())
