@@ -6,6 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
+from core.db import DatabaseNow
 from payments.currencies import format_minor_units
 
 
@@ -83,7 +84,13 @@ class Transaction(models.Model):
     next_retry_at = models.DateTimeField(null=True, blank=True)
     # When the latest charge call began: until it + PAYMENT_RECONCILE_AFTER_S an attempt may
     # still be in flight, so a lookup that finds nothing proves nothing.
-    charge_started_at = models.DateTimeField(null=True, blank=True)
+    charge_started_at = models.DateTimeField(null=True, blank=True, db_default=DatabaseNow())
+    # The claim that owns the row while it is pending: every write that settles or puts back a
+    # claimed row compares it (a fence), so a claim that lost its row writes nothing.
+    claim_token = models.CharField(max_length=32, blank=True, editable=False)
+    # When the current claim was taken, by the database's clock (never a host's): a pending row
+    # older than the reconcile window was abandoned by its process.
+    claimed_at = models.DateTimeField(null=True, blank=True, editable=False, db_default=DatabaseNow())
     # Non-empty: a person must decide (tries ran out, or a command hit an error on it).
     review_reason = models.CharField(max_length=200, blank=True)
     # The X-Request-ID of the last API request that sent or settled it: the logs' detail for

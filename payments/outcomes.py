@@ -82,7 +82,8 @@ ANSWERS: tuple[Answer, ...] = (
             "A request may have reached the provider but no definitive answer came back: a read "
             "timeout (`provider_timeout`), a connection broken after sending (`connection_dropped`), "
             "a 409 for a key still in flight (`request_in_flight`), an answer that cannot be trusted "
-            "(`unusable_answer`), a process stopped mid-call (`interrupted`), or the outcome could not "
+            "(`unusable_answer`), an answer for another amount, currency or key (`answer_mismatch`, "
+            "flagged for review), a process stopped mid-call (`interrupted`), or the outcome could not "
             "be saved (`settle_failed`)."
         ),
         status="unknown",

@@ -52,24 +52,21 @@ def exhausted_unflagged() -> QuerySet[Transaction]:
     )
 
 
-def to_reconcile(*, now: datetime) -> QuerySet[Transaction]:
+def to_reconcile() -> QuerySet[Transaction]:
     """What reconcile_payments asks the provider about, oldest first: unknown outcomes whose last
     charge call started before the window (no attempt can still be in flight), and pending
-    rows abandoned mid-call."""
-    started_before = now - transitions.reconcile_after()
-    unknown = Q(status=Transaction.Status.UNKNOWN) & (
-        Q(charge_started_at__lt=started_before) | Q(charge_started_at__isnull=True)
-    )
-    return Transaction.objects.filter(unknown | transitions.abandoned_q(now=now)).order_by("updated_at", "pk")
+    rows abandoned mid-call; by the database's clock."""
+    unknown = Q(status=Transaction.Status.UNKNOWN) & transitions.window_passed_q()
+    return Transaction.objects.filter(unknown | transitions.abandoned_q()).order_by("updated_at", "pk")
 
 
 # What waits for a person (the admin's "needs attention" view and its counts on the index).
 
 
-def attention_to_reconcile(*, now: datetime) -> QuerySet[Transaction]:
+def attention_to_reconcile() -> QuerySet[Transaction]:
     """Unknown outcomes, and pending rows abandoned mid-call, older than the reconcile window:
     reconcile_payments (or support's Reconcile) should already have asked the provider."""
-    return to_reconcile(now=now)
+    return to_reconcile()
 
 
 def attention_overdue_retries(*, now: datetime, grace: timedelta) -> QuerySet[Transaction]:
@@ -79,3 +76,9 @@ def attention_overdue_retries(*, now: datetime, grace: timedelta) -> QuerySet[Tr
 
 def attention_needs_review() -> QuerySet[Transaction]:
     return Transaction.objects.filter(needs_review_q())
+
+
+def attention_charged_late() -> QuerySet[Transaction]:
+    """Charged after the service gave up on it (canceled, or found not charged): a person decides
+    whether to refund or keep it."""
+    return Transaction.objects.filter(status=Transaction.Status.SUCCEEDED, review_reason__gt="")

@@ -18,8 +18,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import DateTimeField, ExpressionWrapper, Q
 
+from core.db import DatabaseNow
 from payments.models import Transaction
 
 Status = Transaction.Status
@@ -33,6 +34,7 @@ class Event(enum.StrEnum):
     OUTCOME_UNKNOWN = "outcome_unknown"  # a charge call ended without a definitive answer, or was cut off
     SEND_FAILED = "send_failed"  # a charge call failed in a way that proves nothing was charged
     NOT_FOUND = "not_found"  # a lookup after the window: the provider has no charge for the key
+    MISMATCH = "mismatch"  # an answer for another amount, currency or key: proves nothing about ours
     CANCEL = "cancel"  # given up on: never sent again
 
 
@@ -83,6 +85,9 @@ TABLE: dict[tuple[str, Event], Move] = {
     (Status.PENDING, Event.SEND_FAILED): Move(
         Status.FAILED, SENDERS, "nothing was charged; sent again at next_retry_at while tries are left"
     ),
+    (Status.PENDING, Event.MISMATCH): Move(
+        Status.UNKNOWN, ANSWERED, "the answer is not for this charge: unknown, flagged for review"
+    ),
     (Status.PENDING, Event.NOT_FOUND): Move(
         Status.FAILED,
         frozenset({Actor.RECONCILE}),
@@ -107,7 +112,14 @@ TABLE: dict[tuple[str, Event], Move] = {
         "sent again with the same key (client), or looked up (reconcile)",
     ),
     **{(Status.UNKNOWN, event): move for event, move in _answers("a late answer").items()},
+    # A provider's success is a fact, recorded whatever the row's state: never dropped.
+    (Status.CANCELED, Event.SUCCEEDED): Move(
+        Status.SUCCEEDED, ANSWERED, "charged after all (an attempt outlived the cancel): flagged for review"
+    ),
 }
+
+# What the provider says happened to this charge: recorded even by a claim that lost its row.
+FACTS = frozenset({Event.SUCCEEDED, Event.DECLINED})
 
 
 class ActorNotAllowed(Exception):
@@ -158,12 +170,26 @@ def attempts_left_q() -> Q:
 
 
 def abandoned(txn: Transaction, *, now: datetime) -> bool:
-    """Pending and untouched for the reconcile window: its process died during the provider call."""
-    return txn.status == Status.PENDING and txn.updated_at < now - reconcile_after()
+    """Pending, its claim older than the reconcile window: its process died during the provider
+    call. This host's guess, for what a page shows; a claim decides by abandoned_q()."""
+    claimed_at = txn.claimed_at if isinstance(txn.claimed_at, datetime) else txn.updated_at
+    return txn.status == Status.PENDING and claimed_at < now - reconcile_after()
 
 
-def abandoned_q(*, now: datetime) -> Q:
-    return Q(status=Status.PENDING, updated_at__lt=now - reconcile_after())
+def window_start() -> Any:
+    """The database's clock minus the reconcile window: a claim taken, or a charge call begun,
+    before it can no longer be in flight (never a host's clock; see core.db.DatabaseNow)."""
+    return ExpressionWrapper(DatabaseNow() - reconcile_after(), output_field=DateTimeField())
+
+
+def abandoned_q() -> Q:
+    """abandoned(), in SQL, by the database's clock."""
+    return Q(status=Status.PENDING, claimed_at__lt=window_start())
+
+
+def window_passed_q() -> Q:
+    """The latest charge call began before the window, by the database's clock."""
+    return Q(charge_started_at__lt=window_start()) | Q(charge_started_at__isnull=True)
 
 
 def in_flight_until(txn: Transaction) -> datetime:
@@ -176,9 +202,9 @@ def retryable_q() -> Q:
     return Q(status=Status.FAILED) & attempts_left_q()
 
 
-def reconcilable_q(*, now: datetime) -> Q:
+def reconcilable_q() -> Q:
     """What a Reconcile may look up: an unknown outcome, or a row abandoned mid-call."""
-    return Q(status=Status.UNKNOWN) | abandoned_q(now=now)
+    return Q(status=Status.UNKNOWN) | abandoned_q()
 
 
 def due_q(*, now: datetime) -> Q:

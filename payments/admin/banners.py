@@ -90,6 +90,16 @@ def state_banner(txn: Transaction, *, now: datetime) -> Banner:
     review = (f"Needs review: {txn.review_reason}.",) if txn.needs_review else ()
     if txn.status == Status.SUCCEEDED:
         charge_id = (f"Provider charge id: {txn.provider_charge_id}.",) if txn.provider_charge_id else ()
+        if txn.review_reason:  # charged after the service had given up on it
+            return Banner(
+                "error",
+                f"Charged after all: {txn.review_reason}.",
+                (
+                    "The provider charged this payment after it was canceled or found not charged "
+                    "(an attempt outlived the window). The customer may have paid twice: refund or keep it.",
+                    *charge_id,
+                ),
+            )
         return Banner("success", f"Succeeded: {_tail(answer('succeeded').happened)}", charge_id)
     if txn.status == Status.DECLINED:
         if txn.error_type == Transaction.ErrorType.CARD_ERROR:

@@ -21,13 +21,14 @@ from payments.models import Transaction
 ATTENTION: dict[str, tuple[str, Callable[[datetime], QuerySet[Transaction]]]] = {
     "reconcile": (
         "Outcome unknown, past the reconcile window",
-        lambda now: selectors.attention_to_reconcile(now=now),
+        lambda now: selectors.attention_to_reconcile(),
     ),
     "overdue": (
         f"Retry overdue by over {minutes(RETRY_GRACE)} min",
         lambda now: selectors.attention_overdue_retries(now=now, grace=RETRY_GRACE),
     ),
     "review": ("Needs review", lambda now: selectors.attention_needs_review()),
+    "charged_late": ("Charged after cancel", lambda now: selectors.attention_charged_late()),
 }
 
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +37,10 @@ from payments.errors import (
 )
 from payments.models import Transaction, mask_source
 from payments.provider import Outcome, ProviderResult
-from payments.services.claims import put_back
+from payments.services.claims import claim_fields, put_back
 from payments.services.settlement import (
     NOTHING_SENT,
+    Fenced,
     alarm_misconfigured,
     assign,
     interrupted_fields,
@@ -118,9 +120,9 @@ def _insert_pending(
                 idempotency_key=idempotency_key,
                 request_fingerprint=request.fingerprint(),
                 status=Status.PENDING,
-                charge_started_at=timezone.now(),
+                claim_token=uuid.uuid4().hex,
                 last_request_id=current_request_id() or "",
-            )
+            )  # charge_started_at and claimed_at: the database's clock (db_default)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -146,25 +148,20 @@ def _claim_for_charge(txn: Transaction) -> Transaction | None:
 
     Returns the row as it was before the claim (to put it back), or None if another got it.
     """
-    now = timezone.now()
     if transitions.move(txn.status, Event.CLAIM, by=CLIENT) is None:
         return None
     if txn.status == Status.PENDING:
-        candidates = Transaction.objects.filter(transitions.abandoned_q(now=now), pk=txn.pk)
+        candidates = Transaction.objects.filter(transitions.abandoned_q(), pk=txn.pk)
     else:
         candidates = Transaction.objects.filter(transitions.attempts_left_q(), pk=txn.pk, status=txn.status)
-    changes: dict[str, Any] = {
-        "status": Status.PENDING,
-        "updated_at": now,
-        "charge_started_at": now,
-        "last_request_id": current_request_id() or "",
-    }
+    changes = {**claim_fields(for_charge=True), "last_request_id": current_request_id() or ""}
     # Abandoned mid-call by a process that died: the provider may have charged it.
     interrupted = interrupted_fields(txn) if txn.status == Status.PENDING else {}
     changes.update({name: value for name, value in interrupted.items() if name != "status"})
     if candidates.update(**changes) != 1:
         return None
     assign(txn, interrupted)  # as it is to be put back
+    txn.claim_token = changes["claim_token"]
     return txn
 
 
@@ -201,7 +198,10 @@ def _call_provider_and_settle(txn: Transaction, *, previous: Transaction | None)
             raise ProviderUnavailable(code="provider_misconfigured", retry_after_s=60)
         raise ProviderUnavailable(code=result.code, retry_after_s=max(1, result.retry_after_s))
     try:
-        settled = settle_with_retry(transaction_id=txn.pk, result=result, by=CLIENT)
+        settled = settle_with_retry(claimed=txn, result=result, by=CLIENT)
+    except Fenced as exc:
+        # Another request took the row over after the window: its answer is the truth.
+        return raise_for_status(exc.row)
     except DatabaseError as exc:
         # The provider was called but its answer could not be saved: whatever it said, the row
         # is still pending and reconcile_payments will settle it. Never "busy, not charged".
@@ -227,9 +227,10 @@ def _unsend(txn: Transaction, *, previous: Transaction | None, result: ProviderR
     """
     with transaction.atomic():
         if previous is None:
-            Transaction.objects.filter(pk=txn.pk, status=Status.PENDING).delete()
+            Transaction.objects.filter(pk=txn.pk, status=Status.PENDING, claim_token=txn.claim_token).delete()
         else:
-            put_back(previous, by=CLIENT, attempts=result.attempts, kind="charge")
+            with contextlib.suppress(Fenced):  # another request took it over: it is that one's
+                put_back(previous, by=CLIENT, attempts=result.attempts, kind="charge")
 
 
 def raise_for_status(txn: Transaction, *, replayed: bool = False) -> Charged:

@@ -9,22 +9,32 @@ have been sent, left unknown.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from core.db import release_db_connection
+from core.db import DatabaseNow, release_db_connection
 from core.events import log_event
 from payments import provider, transitions
 from payments.models import Transaction
 from payments.provider import ProviderResult
-from payments.services.settlement import assign, interrupted_fields, log_needs_review, record_attempts
+from payments.services.settlement import (
+    Fenced,
+    assign,
+    fenced,
+    interrupted_fields,
+    log_needs_review,
+    owns,
+    record_attempts,
+)
 from payments.transitions import Actor, Event
 
 logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
@@ -108,13 +118,24 @@ def _claim_first(
     candidates: QuerySet[Transaction], rows: list[Transaction], *, for_charge: bool
 ) -> Transaction | None:
     for txn in rows:
-        now = timezone.now()
-        changes = {"status": Status.PENDING, "updated_at": now}
-        if for_charge:
-            changes["charge_started_at"] = now
+        changes = claim_fields(for_charge=for_charge)
         if candidates.filter(pk=txn.pk).update(**changes) == 1:
+            txn.claim_token = changes["claim_token"]  # the rest stays as before the claim
             return txn
     return None  # another process got there first
+
+
+def claim_fields(*, for_charge: bool) -> dict[str, Any]:
+    """What a claim writes: pending, a new fence token, and when, by the database's clock."""
+    changes: dict[str, Any] = {
+        "status": Status.PENDING,
+        "updated_at": timezone.now(),
+        "claim_token": uuid.uuid4().hex,
+        "claimed_at": DatabaseNow(),
+    }
+    if for_charge:
+        changes["charge_started_at"] = DatabaseNow()
+    return changes
 
 
 def put_back(
@@ -128,8 +149,10 @@ def put_back(
     """Put a claimed row back as it was (status, error and updated_at), keeping its attempt log."""
     with transaction.atomic():
         txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
-        record_attempts(txn=txn, attempts=attempts, kind=kind)
+        if not owns(txn, claimed):
+            raise fenced(txn, claimed, what="putting it back")
         if transitions.move(txn.status, Event.PUT_BACK, by=by) == transitions.BEFORE_CLAIM:
+            record_attempts(txn=txn, attempts=attempts, kind=kind)
             restored = {
                 name: getattr(claimed, name)
                 for name in ("status", "error_type", "error_code", "error_message", "charge_started_at")
@@ -163,7 +186,8 @@ def call_provider_for_claim(
         if called and kind == "charge":
             mark_interrupted(claimed, by=by)
         else:
-            put_back(claimed, by=by)
+            with contextlib.suppress(Fenced):
+                put_back(claimed, by=by)
         raise
 
 
@@ -171,7 +195,9 @@ def mark_interrupted(claimed: Transaction, *, by: Actor) -> None:
     """A charge call was cut off: the provider may have charged, so the row becomes unknown."""
     fields = interrupted_fields(claimed)
     fields["status"] = transitions.move(Status.PENDING, Event.OUTCOME_UNKNOWN, by=by)
-    Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING).update(**fields, next_retry_at=None)
+    owned = Transaction.objects.filter(pk=claimed.pk, status=Status.PENDING, claim_token=claimed.claim_token)
+    if not owned.update(**fields, next_retry_at=None):
+        return  # another process took it over: it is that process's to settle
     log_event(
         logger,
         "payment.call_interrupted",
@@ -188,6 +214,8 @@ def isolated(
     reported as its result, so one bad row never stops a batch."""
     try:
         return work(claimed, actor=actor)
+    except Fenced as exc:
+        return ActionResult(claimed.pk, ActionOutcome.SKIPPED, exc.row.status, "another process took it over")
     except Exception as exc:
         log_event(
             logger,
@@ -204,7 +232,8 @@ def isolated(
             mark_interrupted(claimed, by=by)  # the charge may have been made: unknown, never "failed"
             Transaction.objects.filter(pk=claimed.pk).update(review_reason=reason)
         elif current == Status.PENDING:
-            put_back(claimed, by=by, review_reason=reason)
+            with contextlib.suppress(Fenced):
+                put_back(claimed, by=by, review_reason=reason)
         else:
             Transaction.objects.filter(pk=claimed.pk).update(review_reason=reason)
         return ActionResult(claimed.pk, ActionOutcome.ERROR, claimed.status, reason)

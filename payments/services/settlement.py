@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -80,15 +79,41 @@ NOTHING_SENT = frozenset({Outcome.UNAVAILABLE, Outcome.MISCONFIGURED})
 SETTLE_BACKOFF_S = (0.2, 0.5)
 
 
-def settle_with_retry(*, transaction_id: uuid.UUID, result: ProviderResult, by: Actor) -> Transaction:
+def settle_with_retry(*, claimed: Transaction, result: ProviderResult, by: Actor) -> Transaction:
     """settle(), tried again on a database error with a fresh connection each time."""
     for pause_s in SETTLE_BACKOFF_S:
         try:
-            return settle(transaction_id=transaction_id, result=result, by=by)
+            return settle(claimed=claimed, result=result, by=by)
         except DatabaseError:
             release_db_connection()
             time.sleep(pause_s)
-    return settle(transaction_id=transaction_id, result=result, by=by)
+    return settle(claimed=claimed, result=result, by=by)
+
+
+class Fenced(Exception):
+    """This claim lost its row (another process took it over after the window): it wrote nothing."""
+
+    def __init__(self, row: Transaction) -> None:
+        super().__init__(f"payment {row.pk} is no longer this claim's")
+        self.row = row
+
+
+def owns(row: Transaction, claimed: Transaction) -> bool:
+    """Whether the claim `claimed` still owns `row` (read under its lock): the fence."""
+    return row.status == Status.PENDING and row.claim_token == claimed.claim_token
+
+
+def fenced(row: Transaction, claimed: Transaction, *, what: str) -> Fenced:
+    log_event(
+        logger,
+        "payment.claim_fenced",
+        level=logging.WARNING,
+        message=f"Another process took this payment over; {what} was not written",
+        transaction_id=str(row.pk),
+        status=row.status,
+        dropped=what,
+    )
+    return Fenced(row)
 
 
 def send_charge(txn: Transaction, client: provider.PaymentProvider) -> ProviderResult:
@@ -132,6 +157,8 @@ def record_attempts(*, txn: Transaction, attempts: tuple[provider.Attempt, ...],
 
 def answer_event(txn: Transaction, result: ProviderResult, *, kind: str) -> Event | None:
     """The event a provider's answer is in the transition table; None: it changes nothing."""
+    if result.mismatch and result.outcome in FINAL_ERROR_TYPES:
+        return Event.MISMATCH  # an answer for another charge says nothing about ours
     if result.outcome == Outcome.SUCCEEDED:
         return Event.SUCCEEDED
     if result.outcome in (Outcome.DECLINED, Outcome.REJECTED):
@@ -143,24 +170,26 @@ def answer_event(txn: Transaction, result: ProviderResult, *, kind: str) -> Even
     return Event.SEND_FAILED
 
 
-def settle(
-    *, transaction_id: uuid.UUID, result: ProviderResult, by: Actor, kind: str = "charge"
-) -> Transaction:
+def settle(*, claimed: Transaction, result: ProviderResult, by: Actor, kind: str = "charge") -> Transaction:
     """Record the attempts and the outcome in one short transaction, under a row lock.
 
     The rules of payments.outcomes, as the transition table writes them: a definitive answer
-    settles any row that is not final; after a charge call, anything else leaves the row
-    unknown if this call or any earlier one may have charged (unknown is sticky), failed
-    otherwise.
+    settles any row that is not final, and a success even a canceled one; after a charge call,
+    anything else leaves the row unknown if this call or any earlier one may have charged
+    (unknown is sticky), failed otherwise. A claim that lost its row (the fence) records only
+    the provider's facts, and raises Fenced for anything else, having written nothing.
     """
     with transaction.atomic():
-        txn = Transaction.objects.select_for_update().get(pk=transaction_id)
+        txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
         failpoints.hit("settle")
-        record_attempts(txn=txn, attempts=result.attempts, kind=kind)
-        previous_status = txn.status
-        if kind == "charge" and result.attempts:
-            txn.attempts += 1
         event = answer_event(txn, result, kind=kind)
+        owner = owns(txn, claimed)
+        if not owner and event not in transitions.FACTS:
+            raise fenced(txn, claimed, what=f"its {result.outcome} answer")
+        record_attempts(txn=txn, attempts=result.attempts, kind=kind)
+        previous = (txn.status, txn.error_code)
+        if kind == "charge" and result.attempts and owner:
+            txn.attempts += 1
         target = transitions.move(txn.status, event, by=by) if event else None
         if target in (Status.SUCCEEDED, Status.DECLINED):
             txn.status, txn.error_type = target, FINAL_ERROR_TYPES[result.outcome]
@@ -169,7 +198,13 @@ def settle(
             txn.error_message = "" if target == Status.SUCCEEDED else result.message
             txn.source = ""
             txn.next_retry_at = None
-            txn.review_reason = ""
+            txn.review_reason = late_success_reason(*previous) if target == Status.SUCCEEDED else ""
+        elif event == Event.MISMATCH and target == Status.UNKNOWN:
+            txn.status = Status.UNKNOWN
+            txn.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
+            txn.error_code, txn.error_message = "answer_mismatch", result.mismatch[:500]
+            txn.next_retry_at = None
+            txn.review_reason = f"the provider's answer does not match the request: {result.mismatch}"[:200]
         elif target == Status.UNKNOWN:
             if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
                 txn.error_code, txn.error_message = result.code, result.message
@@ -186,8 +221,17 @@ def settle(
         txn.save()
     if kind == "charge":
         metrics.CHARGES.labels(result.outcome.value).inc()
-    _log_settled(txn, previous_status, result)
+    _log_settled(txn, previous[0], result)
     return txn
+
+
+def late_success_reason(status: str, error_code: str) -> str:
+    """Why a success needs a person: the service had told someone it would not be charged."""
+    if status == Status.CANCELED:
+        return "charged after cancel"
+    if status == Status.FAILED and error_code == selectors.NOT_CHARGED_CODE:
+        return "charged after a lookup found no charge"
+    return ""
 
 
 FINAL_ERROR_TYPES = {
@@ -211,8 +255,28 @@ def _log_settled(txn: Transaction, previous_status: str, result: ProviderResult)
     }
     if txn.status == previous_status:
         return
-    if txn.status == Status.SUCCEEDED:
+    if txn.status == Status.SUCCEEDED and txn.review_reason:
+        log_event(
+            logger,
+            "payment.charged_late",
+            level=logging.ERROR,
+            message=f"Charged after the service gave up on it ({txn.review_reason}): support must act",
+            previous_status=previous_status,
+            provider_charge_id=txn.provider_charge_id,
+            reason=txn.review_reason,
+            **fields,
+        )
+    elif txn.status == Status.SUCCEEDED:
         log_event(logger, "payment.succeeded", message="Payment succeeded", **fields)
+    elif txn.error_code == "answer_mismatch":
+        log_event(
+            logger,
+            "payment.answer_mismatch",
+            level=logging.ERROR,
+            message=f"The provider's answer is not for this charge ({txn.error_message}); flagged for review",
+            mismatch=txn.error_message,
+            **fields,
+        )
     elif txn.status == Status.DECLINED:
         log_event(logger, "payment.declined", message=f"Declined: {txn.error_code}", **fields)
     elif txn.status == Status.UNKNOWN:
@@ -255,11 +319,17 @@ def log_needs_review(txn: Transaction) -> None:
     )
 
 
-def settle_not_charged(claimed: Transaction, result: ProviderResult) -> Transaction:
-    """The provider has no charge for the key and no attempt can be in flight: failed, and
-    safe to send again."""
+def settle_not_charged(claimed: Transaction, result: ProviderResult) -> Transaction | None:
+    """The provider has no charge for the key: failed, and safe to send again, if no attempt
+    can still be in flight by the database's clock, read from the locked row (never from the
+    claim's copy, which another process may have made stale). None: one still may be, and
+    nothing was written. Raises Fenced if the claim lost its row."""
     with transaction.atomic():
         txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
+        if not owns(txn, claimed):
+            raise fenced(txn, claimed, what="its lookup's 'no such charge'")
+        if not Transaction.objects.filter(transitions.window_passed_q(), pk=txn.pk).exists():
+            return None
         record_attempts(txn=txn, attempts=result.attempts, kind="lookup")
         if transitions.move(txn.status, Event.NOT_FOUND, by=Actor.RECONCILE) == Status.FAILED:
             txn.status = Status.FAILED

@@ -17,7 +17,7 @@ from core.events import log_event
 from payments import selectors, transitions
 from payments.errors import InvalidRequest, NotCancelable
 from payments.models import Transaction
-from payments.provider import Outcome
+from payments.provider import Outcome, ProviderResult
 from payments.services.claims import (
     OUTCOME_OF_STATUS,
     ActionOutcome,
@@ -95,7 +95,7 @@ def _retry_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
         if result.outcome == Outcome.MISCONFIGURED:
             alarm_misconfigured(result)
         return ActionResult(claimed.pk, ActionOutcome.UNAVAILABLE, claimed.status, result.message)
-    settled = settle(transaction_id=claimed.pk, result=result, by=RETRY)
+    settled = settle(claimed=claimed, result=result, by=RETRY)
     outcome = OUTCOME_OF_STATUS.get(settled.status, ActionOutcome.SKIPPED)
     log_event(
         logger,
@@ -112,7 +112,7 @@ def _retry_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
 def charge_reconcile(*, transaction_id: uuid.UUID, actor: str) -> ActionResult:
     """Ask the provider what became of one unknown-outcome transaction, or of a pending one
     abandoned mid-call (pending for longer than PAYMENT_RECONCILE_AFTER_S)."""
-    candidates = Transaction.objects.filter(transitions.reconcilable_q(now=timezone.now()), pk=transaction_id)
+    candidates = Transaction.objects.filter(transitions.reconcilable_q(), pk=transaction_id)
     claimed = claim(candidates, by=RECONCILE)
     if claimed is None:
         return skipped(
@@ -127,7 +127,7 @@ def charge_reconcile_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> Act
     """Claim the next unknown or abandoned transaction whose attempts can no longer be in flight,
     and look it up. Raises ProviderUnavailable, claiming nothing, while the breaker is open."""
     ensure_provider_available()
-    candidates = selectors.to_reconcile(now=timezone.now())
+    candidates = selectors.to_reconcile()
     claimed = claim(candidates, by=RECONCILE, skip_ids=skip_ids)
     return None if claimed is None else isolated(claimed, actor, _reconcile_claimed, by=RECONCILE)
 
@@ -139,19 +139,26 @@ def _reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
     result = call_provider_for_claim(
         claimed, lambda client: client.lookup(provider_key=provider_key), kind="lookup", by=RECONCILE
     )
-    in_flight_until = transitions.in_flight_until(claimed)
+    return settle_lookup(claimed, result, actor=actor)
+
+
+def settle_lookup(claimed: Transaction, result: ProviderResult, *, actor: str) -> ActionResult:
+    """Record what a lookup for a claimed row found (raises Fenced if the claim lost the row)."""
     detail = ""
+    not_charged = settle_not_charged(claimed, result) if result.outcome == Outcome.NOT_FOUND else None
     if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
-        settled = settle(transaction_id=claimed.pk, result=result, by=RECONCILE, kind="lookup")
+        settled = settle(claimed=claimed, result=result, by=RECONCILE, kind="lookup")
         outcome = OUTCOME_OF_STATUS[settled.status]
-    elif result.outcome == Outcome.NOT_FOUND and timezone.now() >= in_flight_until:
-        settled = settle_not_charged(claimed, result)
+    elif not_charged is not None:
+        settled = not_charged
         outcome = ActionOutcome.NOT_CHARGED
     elif result.outcome == Outcome.NOT_FOUND:
-        # No charge yet, but an attempt may still be in flight: a 404 proves nothing until then.
+        # No charge yet, but an attempt may still be in flight (by the database's clock): a
+        # "no such charge" proves nothing until then.
         settled = put_back(claimed, by=RECONCILE, attempts=result.attempts, kind="lookup")
         outcome = ActionOutcome.UNKNOWN
-        detail = f"no charge found yet; an attempt may be in flight until {in_flight_until.isoformat()}"
+        until = transitions.in_flight_until(settled)
+        detail = f"no charge found yet; an attempt may be in flight until about {until.isoformat()}"
     else:
         review = (
             "the provider's answer to a lookup could not be used" if result.code == "unusable_answer" else ""

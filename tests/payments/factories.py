@@ -61,7 +61,9 @@ def stale_pending(source: str = "tok_visa", *, age: timedelta = timedelta(minute
     """A pending row whose process died before the provider saw it."""
     txn = failed(source, status=Transaction.Status.PENDING, error_type="", error_code="", attempts=0)
     started = timezone.now() - age
-    Transaction.objects.filter(pk=txn.pk).update(updated_at=started, charge_started_at=started)
+    Transaction.objects.filter(pk=txn.pk).update(
+        updated_at=started, claimed_at=started, charge_started_at=started
+    )
     return Transaction.objects.get(pk=txn.pk)
 
 

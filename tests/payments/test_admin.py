@@ -635,15 +635,18 @@ def test_needs_attention_counts_on_the_index_link_to_their_lists(support: Client
     failed(next_retry_at=timezone.now() - timedelta(minutes=2))  # the job may just be about to run
     review = failed(attempts=6, next_retry_at=None, review_reason="not charged after 6 tries")
     charge("tok_visa")
+    charged_late = charge("tok_visa")
+    Transaction.objects.filter(pk=charged_late.pk).update(review_reason="charged after cancel")
 
     index = support.get("/admin/").content.decode()
 
     counts = dict(re.findall(r'data-attention="(\w+)"><strong>(\d+)</strong>', index))
-    assert counts == {"reconcile": "2", "overdue": "1", "review": "1"}
+    assert counts == {"reconcile": "2", "overdue": "1", "review": "1", "charged_late": "1"}
     for key, expected in (
         ("reconcile", {to_reconcile, abandoned}),
         ("overdue", {overdue}),
         ("review", {review}),
+        ("charged_late", {charged_late}),
     ):
         listed = support.get(CHANGELIST, {"attention": key})
         assert set(listed.context["cl"].result_list) == expected, key

@@ -85,7 +85,7 @@ def test_4_a_database_failure_after_the_provider_call_answers_unknown_never_busy
     assert fake_provider.total_charges() == 1
     # The same key later gets the charge, never a second one.
     Transaction.objects.filter(pk=body["transaction"]["id"]).update(
-        updated_at=Transaction.objects.get().updated_at - timedelta(seconds=10)
+        claimed_at=Transaction.objects.get().claimed_at - timedelta(seconds=10)
     )
     assert post(api, key="order-db").status_code == 201
     assert fake_provider.total_charges() == 1

@@ -174,7 +174,9 @@ def test_reconcile_finds_a_declined_charge_declined(fake_provider: FakeProvider)
     declined = charge("tok_chargeDeclined")
     # As if the process had died before recording the provider's answer.
     Transaction.objects.filter(pk=declined.pk).update(
-        status=Status.PENDING, updated_at=timezone.now() - timedelta(minutes=11)
+        status=Status.PENDING,
+        updated_at=timezone.now() - timedelta(minutes=11),
+        claimed_at=timezone.now() - timedelta(minutes=11),
     )
 
     result = services.charge_reconcile(transaction_id=declined.pk, actor="alice")

@@ -38,8 +38,10 @@ def test_transition_table_command_prints_the_table(capsys: pytest.CaptureFixture
     assert capsys.readouterr().out == transitions.render_table()
 
 
-def test_no_row_leaves_a_final_status() -> None:
-    assert not [key for key in TABLE if key[0] in Transaction.TERMINAL_STATUSES]
+def test_no_row_leaves_a_final_status_but_a_success_is_recorded_even_after_cancel() -> None:
+    assert not [key for key in TABLE if key[0] in (Status.SUCCEEDED, Status.DECLINED)]
+    assert [key for key in TABLE if key[0] == Status.CANCELED] == [(Status.CANCELED, Event.SUCCEEDED)]
+    assert {Event.SUCCEEDED, Event.DECLINED} == transitions.FACTS
 
 
 def test_an_unknown_outcome_is_never_canceled_nor_failed_without_a_lookup() -> None:
@@ -74,7 +76,7 @@ def test_who_may_claim_what(actor: Actor, statuses: set[str]) -> None:
 def test_move_gives_the_target_nothing_for_a_missing_move_and_refuses_a_wrong_actor() -> None:
     assert transitions.move(Status.PENDING, Event.SUCCEEDED, by=Actor.RECONCILE) == Status.SUCCEEDED
     assert transitions.move(Status.PENDING, Event.PUT_BACK, by=Actor.RETRY) == transitions.BEFORE_CLAIM
-    assert transitions.move(Status.CANCELED, Event.SUCCEEDED, by=Actor.CLIENT) is None
+    assert transitions.move(Status.SUCCEEDED, Event.DECLINED, by=Actor.CLIENT) is None
     assert transitions.move(Status.UNKNOWN, Event.CANCEL, by=Actor.SUPPORT) is None
     with pytest.raises(ActorNotAllowed, match="retry may not claim a unknown payment"):
         transitions.move(Status.UNKNOWN, Event.CLAIM, by=Actor.RETRY)
@@ -103,12 +105,12 @@ def test_attempts_left_follows_the_setting(settings: object) -> None:
     assert not transitions.attempts_left(row(Status.FAILED, attempts=3))
 
 
-def test_abandoned_is_pending_and_untouched_for_the_window(settings: object) -> None:
+def test_abandoned_is_pending_and_claimed_longer_ago_than_the_window(settings: object) -> None:
     settings.PAYMENT_RECONCILE_AFTER_S = 70
     old = NOW - timedelta(seconds=71)
-    assert transitions.abandoned(row(Status.PENDING, updated_at=old), now=NOW)
-    assert not transitions.abandoned(row(Status.PENDING, updated_at=NOW - timedelta(seconds=69)), now=NOW)
-    assert not transitions.abandoned(row(Status.UNKNOWN, updated_at=old), now=NOW)
+    assert transitions.abandoned(row(Status.PENDING, claimed_at=old), now=NOW)
+    assert not transitions.abandoned(row(Status.PENDING, claimed_at=NOW - timedelta(seconds=69)), now=NOW)
+    assert not transitions.abandoned(row(Status.UNKNOWN, claimed_at=old), now=NOW)
 
 
 def test_next_step(settings: object) -> None:

@@ -4,7 +4,6 @@ import uuid
 from typing import Any
 
 from django.db.models import QuerySet
-from django.utils import timezone
 
 from payments import selectors, services, transitions
 from payments.batch import BatchCommand
@@ -29,9 +28,6 @@ class Command(BatchCommand):
         return services.charge_reconcile(transaction_id=transaction_id, actor=ACTOR)
 
     def dry_run_candidates(self, options: dict[str, Any]) -> QuerySet[Transaction]:
-        now = timezone.now()
         if options["transaction_ids"]:
-            return Transaction.objects.filter(
-                transitions.reconcilable_q(now=now), pk__in=options["transaction_ids"]
-            )
-        return selectors.to_reconcile(now=now)
+            return Transaction.objects.filter(transitions.reconcilable_q(), pk__in=options["transaction_ids"])
+        return selectors.to_reconcile()
