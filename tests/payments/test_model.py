@@ -14,7 +14,12 @@ passed, reconcile_payments run with the provider healthy), it checks:
   provider charged through that try, and no "nothing kept" answer left a row behind;
 - I4 no transaction is canceled while the provider holds a charge for it;
 - I5 nothing stays pending or unknown once reconcile has run with the provider reachable;
-- I6 two different keys (even differing only in case) are two payments.
+- I6 two different keys (even differing only in case) are two payments;
+- I7 at quiescence no row's state contradicts the provider (a success only where it charged).
+
+Faults of the process and of time too: a reconcile paused past its claim's window while
+another process takes the row over (it must write nothing but facts), and reconcile runs on a
+host whose clock is 10 s ahead or behind the database's.
 
 CI runs a bounded number of examples (MODEL_MAX_EXAMPLES, default 10, of MODEL_STEPS 10 steps);
 `make soak` runs many
@@ -31,7 +36,9 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 import requests
@@ -50,7 +57,7 @@ from hypothesis.stateful import (
 )
 
 from fakeprovider import FakeProvider
-from payments import failpoints
+from payments import failpoints, provider
 from payments.models import PaymentAttempt, Transaction
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -247,6 +254,60 @@ class PaymentsMachine(RuleBasedStateMachine):
 
             services.charge_retry(transaction_id=txn_id, actor="support")
 
+    @rule(data=st.data(), takeover=st.sampled_from(["client", "reconcile"]))
+    def paused_reconcile(self, data: st.DataObject, takeover: str) -> None:
+        """A reconcile claims a row and freezes (a paused VM, a long GC pause) past the window;
+        another process takes the row over; the frozen one resumes with what it saw before."""
+        from payments.services import claims, support
+        from payments.transitions import Actor
+
+        REPORT.steps += 1
+        REPORT.faults[f"pause:{takeover}"] += 1
+        if not Transaction.objects.filter(status="unknown").exists():
+            # A charge whose answer comes after our read timeout leaves one unknown.
+            self.charge(data.draw(st.sampled_from(KEYS)), "tok_visa", [{"kind": "hold", "ms": 400}], None)
+        if not Transaction.objects.filter(status="unknown").exists():
+            return
+        ids = sorted(
+            str(pk) for pk in Transaction.objects.filter(status="unknown").values_list("pk", flat=True)
+        )
+        txn = Transaction.objects.get(pk=data.draw(st.sampled_from(ids)))
+        paused = claims.claim(Transaction.objects.filter(pk=txn.pk), by=Actor.RECONCILE)
+        if paused is None:
+            return
+        lookup = provider.get_client().lookup(provider_key=paused.provider_idempotency_key)
+        time.sleep(RECONCILE_AFTER_S + 0.3)  # frozen: its claim expires
+        if takeover == "client" and txn.idempotency_key and txn.source:
+            body = {
+                "amount": txn.amount,
+                "currency": txn.currency,
+                "source": txn.source,
+                "description": "model",
+            }
+            status, answer = self._post("/api/v1/charges", key=txn.idempotency_key, json=body)
+            recorded = Answer(txn.idempotency_key, status, answer)
+            self.answers.append(recorded)
+            self._check_answer(recorded)
+        else:
+            _run_command("reconcile_payments")
+        # Resumes: the lookup it made before the pause, settled now.
+        claims.isolated(
+            paused,
+            "paused reconcile",
+            lambda claimed, actor: support.settle_lookup(claimed, lookup, actor=actor),
+            by=Actor.RECONCILE,
+        )
+        connection.close()
+
+    @rule(skew_s=st.sampled_from([-10, 10]))
+    def reconcile_on_a_skewed_host(self, skew_s: int) -> None:
+        """reconcile_payments on a host whose clock is off by `skew_s` against the database's."""
+        REPORT.steps += 1
+        REPORT.faults[f"clock_skew:{skew_s:+d}s"] += 1
+        real_now = timezone.now
+        with mock.patch("django.utils.timezone.now", lambda: real_now() + timedelta(seconds=skew_s)):
+            _run_command("reconcile_payments")
+
     # Invariants ---------------------------------------------------------------------
 
     def _check_answer(self, answer: Answer) -> None:
@@ -304,6 +365,10 @@ class PaymentsMachine(RuleBasedStateMachine):
                     f"I3: answered {answer.http_status} {answer.body['error']['code']} for {row['id']}, "
                     "which the provider charged through that very try"
                 )
+        # I7: no row's state contradicts the provider: a success only where it charged.
+        for txn in rows.values():
+            if txn.status == "succeeded":
+                assert txn.provider_idempotency_key in ledger, f"I7: {txn.pk} succeeded, never charged"
         # I6: every key that got a transaction got its own, byte for byte.
         for answer in self.answers:
             row = answer.txn
