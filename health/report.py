@@ -31,6 +31,10 @@ logger = logging.getLogger("health.selectors")  # the name it had before the mov
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 
+# The draft's componentType for each component named in the checks' keys: the database is a
+# `datastore`; the payment provider, a service we depend on, a `component`.
+DATASTORE, COMPONENT = "datastore", "component"
+
 Check = dict[str, Any]
 
 
@@ -41,6 +45,7 @@ def _iso(moment: datetime | None) -> str | None:
 def _exhausted_check(now: datetime) -> Check:
     return {
         "status": WARN,
+        "componentType": DATASTORE,
         "observedValue": None,
         "observedUnit": "ms",
         "time": _iso(now),
@@ -69,6 +74,7 @@ def database_connection_check(alias: str = "default") -> Check:
         code = f" {exc.args[0]}" if exc.args and isinstance(exc.args[0], int) else ""
         return {
             "status": FAIL,
+            "componentType": DATASTORE,
             "observedValue": None,
             "observedUnit": "ms",
             "time": _iso(now),
@@ -77,17 +83,29 @@ def database_connection_check(alias: str = "default") -> Check:
     finally:
         release_db_connection()
     latency_ms = round((time.monotonic() - started) * 1000, 2)
-    return {"status": PASS, "observedValue": latency_ms, "observedUnit": "ms", "time": _iso(now)}
+    return {
+        "status": PASS,
+        "componentType": DATASTORE,
+        "observedValue": latency_ms,
+        "observedUnit": "ms",
+        "time": _iso(now),
+    }
 
 
 def database_pool_check(alias: str = "default") -> Check:
     if not is_pooled(alias):
-        return {"status": PASS, "pooled": False}
+        return {"status": PASS, "componentType": DATASTORE, "pooled": False}
     snapshot = pool_snapshot(alias)
     if snapshot is None:
-        return {"status": PASS, "pooled": True, "output": "no connection made yet"}
+        return {
+            "status": PASS,
+            "componentType": DATASTORE,
+            "pooled": True,
+            "output": "no connection made yet",
+        }
     return {
         "status": WARN if snapshot.utilization >= UTILIZATION_WARN else PASS,
+        "componentType": DATASTORE,
         "pooled": True,
         "size": snapshot.size,
         "checked_out": snapshot.checked_out,
@@ -115,7 +133,9 @@ def provider_circuit_check() -> Check:
     status = {CLOSED: PASS, HALF_OPEN: WARN}.get(snapshot.state, FAIL)
     return {
         "status": status,
+        "componentType": COMPONENT,
         "observedValue": snapshot.state,
+        "observedUnit": "state",  # closed, half_open or open
         "consecutive_failures": snapshot.consecutive_failures,
         "failure_threshold": snapshot.failure_threshold,
         "retry_after_s": snapshot.retry_after_s,
@@ -128,9 +148,16 @@ def provider_response_time_check() -> Check:
     result = provider_probe.latest()
     if result is None:
         # First probe still running in this process: nothing known against the provider yet.
-        return {"status": PASS, "observedValue": None, "observedUnit": "ms", "time": None}
+        return {
+            "status": PASS,
+            "componentType": COMPONENT,
+            "observedValue": None,
+            "observedUnit": "ms",
+            "time": None,
+        }
     check: Check = {
         "status": PASS if result.ok else FAIL,
+        "componentType": COMPONENT,
         "observedValue": result.latency_ms,
         "observedUnit": "ms",
         "time": _iso(result.probed_at),
@@ -144,10 +171,12 @@ def provider_credentials_check() -> Check:
     """Fails from the provider's first 401/403/404 to a charge until it accepts one again."""
     refused = provider.misconfigured()
     if refused is None:
-        return {"status": PASS}
+        return {"status": PASS, "componentType": COMPONENT}
     return {
         "status": FAIL,
+        "componentType": COMPONENT,
         "observedValue": refused["http_status"],
+        "observedUnit": "HTTP status code",
         "time": refused["at"],
         "output": "the provider refused our API key or URL: check PAYMENT_API_KEY and PAYMENT_SERVICE_URL",
     }

@@ -11,12 +11,27 @@ from health.access import Access, operator_access
 HEALTH_JSON = "application/health+json"
 
 
-def _unauthorized(access: Access) -> HttpResponse:
-    response = HttpResponse(
-        "Send METRICS_TOKEN as `Authorization: Bearer <token>`.\n", status=401, content_type="text/plain"
-    )
+UNAUTHORIZED_MESSAGE = "Send METRICS_TOKEN as `Authorization: Bearer <token>`."
+
+
+def _challenge(response: HttpResponse, access: Access) -> HttpResponse:
     error = ', error="invalid_token"' if access is Access.INVALID else ""
     response["WWW-Authenticate"] = f'Bearer realm="operator"{error}'
+    return response
+
+
+def _unauthorized(access: Access) -> HttpResponse:
+    return _challenge(
+        HttpResponse(UNAUTHORIZED_MESSAGE + "\n", status=401, content_type="text/plain"), access
+    )
+
+
+def _health_response(body: dict, *, status: int) -> JsonResponse:
+    """An answer in the draft's format. A 503 here is the answer itself, not a crash: it is
+    kept off `django.request`'s ERROR lines, which README's "Unhandled errors" alarm counts."""
+    response = JsonResponse(body, status=status, content_type=HEALTH_JSON)
+    if status >= 500:
+        response._has_been_logged = True  # read by django.utils.log.log_response
     return response
 
 
@@ -30,9 +45,7 @@ def live(request: HttpRequest) -> JsonResponse:
 def ready(request: HttpRequest) -> JsonResponse:
     """Readiness: the database answers and the pool has a free connection. Pass/fail only."""
     status = health_report.readiness()
-    return JsonResponse(
-        {"status": status}, status=503 if status == health_report.FAIL else 200, content_type=HEALTH_JSON
-    )
+    return _health_response({"status": status}, status=503 if status == health_report.FAIL else 200)
 
 
 @never_cache
@@ -44,7 +57,9 @@ def health(request: HttpRequest) -> HttpResponse:
     """
     access = operator_access(request)
     if access is Access.INVALID:
-        return _unauthorized(access)
+        # Still the draft's format, so that a monitor with a stale token reads a `fail` it can show.
+        wrong = {"status": health_report.FAIL, "output": f"Wrong bearer token. {UNAUTHORIZED_MESSAGE}"}
+        return _challenge(_health_response(wrong, status=401), access)
     report = health_report.health_report()
     health_report.note_status_change(report)
     user = getattr(request, "user", None)
@@ -54,7 +69,7 @@ def health(request: HttpRequest) -> HttpResponse:
         body = report.as_badge_json()
     else:
         body = report.as_public_json()
-    return JsonResponse(body, status=report.http_status, content_type=HEALTH_JSON)
+    return _health_response(body, status=report.http_status)
 
 
 @never_cache

@@ -57,7 +57,7 @@ def test_health_passes_in_health_json_never_cached_and_without_secrets(health_cl
     assert database["status"] == "pass"
     assert database["observedUnit"] == "ms" and database["observedValue"] >= 0
     assert check(body, "payment-provider:circuit")["observedValue"] == "closed"
-    assert check(body, "payment-provider:credentials") == {"status": "pass"}
+    assert check(body, "payment-provider:credentials") == {"status": "pass", "componentType": "component"}
     response_time = check(body, "payment-provider:responseTime")
     assert response_time["status"] == "pass" and response_time["observedUnit"] == "ms"
     assert response_time["time"]
@@ -71,7 +71,7 @@ def test_pool_check_says_not_pooled_on_sqlite(health_client: Client) -> None:
         pytest.skip("SQLite only")
     _, body = get_health(health_client)
 
-    assert check(body, "database:pool") == {"status": "pass", "pooled": False}
+    assert check(body, "database:pool") == {"status": "pass", "componentType": "datastore", "pooled": False}
 
 
 def test_unreachable_database_fails_with_503(health_client: Client) -> None:
