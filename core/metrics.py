@@ -14,6 +14,14 @@ worker writes its pool gauges and breaker state to those files every second
 (a daemon thread started after the fork by gunicorn.conf.py); a scrape sums
 the pool gauges over live workers (`livesum`) and shows the worst breaker
 state (`livemax`).
+
+One vocabulary: a charge's `outcome` is the name of the row of payments.outcomes that the
+API answered with (`outcome_unknown` for a timeout, never a name of our own), and a refusal's
+`code` is the API's `error.code`. core sits beneath payments, so the values are spelled out
+here; tests/core/test_metrics.py keeps them equal to payments.outcomes and to the API.
+
+No `_created` series (prometheus_client.disable_created_metrics): in single-process mode
+every counter and histogram had one, in multiprocess mode none; now both look the same.
 """
 
 from __future__ import annotations
@@ -24,7 +32,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -34,14 +50,59 @@ logger = logging.getLogger("paymentsite.metrics")  # the name it had before the 
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
+disable_created_metrics()  # read when a scrape collects, so before or after the metrics below
+
+# The answers (payments.outcomes) a charge sent to the provider can end in.
+CHARGE_OUTCOMES = (
+    "succeeded",
+    "declined",
+    "rejected",
+    "outcome_unknown",
+    "retry_scheduled",
+    "needs_review",
+    "canceled",
+)
+# The API's error.code of a 503 provider_unavailable: the charge was refused, nothing was sent.
+CHARGE_REFUSAL_CODES = ("circuit_open", "provider_busy", "provider_misconfigured")
+# An HTTP attempt's outcome, as in the API's attempt_log (payments.provider.Cause).
+ATTEMPT_OUTCOMES = (
+    "succeeded",
+    "declined",
+    "rejected",
+    "provider_timeout",
+    "connection_dropped",
+    "request_in_flight",
+    "unusable_answer",
+    "connection_error",
+    "provider_error",
+    "rate_limited",
+    "provider_misconfigured",
+    "not_found",
+)
+
 CHARGES = Counter(
     "paymentsite_charges_total",
-    "Charge tries by outcome (succeeded, declined, provider_timeout, …).",
+    "Charges sent to the provider, by the API's answer (payments.outcomes): "
+    + ", ".join(CHARGE_OUTCOMES)
+    + ".",
     ["outcome"],
 )
+CHARGE_REFUSALS = Counter(
+    "paymentsite_charge_refusals_total",
+    "Charges refused with 503 provider_unavailable before anything was sent, by the API's error.code: "
+    + ", ".join(CHARGE_REFUSAL_CODES)
+    + ".",
+    ["code"],
+)
+for _outcome in CHARGE_OUTCOMES:  # every value from the start, at 0: rates need no special case
+    CHARGES.labels(_outcome)
+for _code in CHARGE_REFUSAL_CODES:
+    CHARGE_REFUSALS.labels(_code)
+
 PROVIDER_REQUEST_SECONDS = Histogram(
     "paymentsite_provider_request_duration_seconds",
-    "Duration of each HTTP attempt to the payment provider.",
+    "Duration of each HTTP attempt to the payment provider, by kind (charge, lookup) and the "
+    "attempt's outcome as in the API's attempt_log: " + ", ".join(ATTEMPT_OUTCOMES) + ".",
     ["kind", "outcome"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13),
 )

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.cache import never_cache
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from core import metrics as app_metrics
 from health import report as health_report
@@ -74,7 +75,8 @@ def health(request: HttpRequest) -> HttpResponse:
 
 @never_cache
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Prometheus text format, for a caller with METRICS_TOKEN (see health.access)."""
+    """Prometheus text format, or OpenMetrics for a scraper that asks for it
+    (`Accept: application/openmetrics-text`), for a caller with METRICS_TOKEN (see health.access)."""
     access = operator_access(request)
     if access is Access.UNCONFIGURED:
         return HttpResponse(
@@ -84,4 +86,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
         )
     if access is not Access.OPERATOR:
         return _unauthorized(access)
-    return HttpResponse(generate_latest(app_metrics.scrape_registry()), content_type=CONTENT_TYPE_LATEST)
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    response = HttpResponse(encode(app_metrics.scrape_registry()), content_type=content_type)
+    patch_vary_headers(response, ["Accept"])
+    return response

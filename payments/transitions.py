@@ -251,3 +251,20 @@ def next_step(txn: Transaction) -> dict[str, Any]:
             return {"action": "review", "at": None}
         return {"action": "retry", "at": txn.next_retry_at}
     return {"action": "none", "at": None}
+
+
+def answer_name(txn: Transaction) -> str:
+    """The row of payments.outcomes that the API answers with for this transaction as it stands
+    (what payments.services.charge.raise_for_status raises; a test keeps the two equal)."""
+    Status = Transaction.Status
+    if txn.status == Status.DECLINED:
+        return "rejected" if txn.error_type == Transaction.ErrorType.PROVIDER_REJECTED else "declined"
+    if txn.status == Status.FAILED:
+        exhausted = txn.next_retry_at is None or not attempts_left(txn)
+        return "needs_review" if exhausted else "retry_scheduled"
+    return {
+        Status.SUCCEEDED: "succeeded",
+        Status.UNKNOWN: "outcome_unknown",
+        Status.CANCELED: "canceled",
+        Status.PENDING: "in_progress",
+    }[txn.status]

@@ -18,10 +18,11 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
+from core import metrics
 from core.events import log_event
 from core.logs.request_id import current_request_id
 from payments import outcomes
-from payments.errors import DatabaseBusy, DatabaseUnavailable, PaymentError
+from payments.errors import DatabaseBusy, DatabaseUnavailable, PaymentError, ProviderUnavailable
 
 logger = logging.getLogger("payments.exceptions")  # the name it had before the move
 
@@ -80,6 +81,8 @@ def payment_error_response(error: PaymentError) -> Response:
         response["Retry-After"] = str(error.retry_after_s)
     if error.replayed:
         response["Idempotent-Replayed"] = "true"
+    if isinstance(error, ProviderUnavailable):
+        metrics.CHARGE_REFUSALS.labels(error.code).inc()  # only a charge can be refused this way
     if error.http_status >= 500:
         log_event(
             logger,

@@ -43,6 +43,7 @@ from payments.services.settlement import (
     Fenced,
     alarm_misconfigured,
     assign,
+    count_charge,
     interrupted_fields,
     send_charge,
     settle_with_retry,
@@ -215,6 +216,7 @@ def _call_provider_and_settle(txn: Transaction, *, previous: Transaction | None)
             provider_charge_id=result.charge_id,
         )
         txn.status, txn.error_type, txn.error_code = Status.UNKNOWN, "outcome_unknown", "settle_failed"
+        count_charge("outcome_unknown")  # what the caller is told, though nothing could be saved
         raise OutcomeUnknown(code="settle_failed", transaction=txn) from exc
     return raise_for_status(settled)
 

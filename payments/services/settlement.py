@@ -60,6 +60,11 @@ def ensure_provider_available() -> None:
         raise ProviderUnavailable(code="circuit_open", retry_after_s=exc.retry_after_s) from exc
 
 
+def count_charge(answer_name: str) -> None:
+    """A charge sent to the provider, by the API's answer (core.metrics.CHARGE_OUTCOMES)."""
+    metrics.CHARGES.labels(answer_name).inc()
+
+
 def alarm_misconfigured(result: ProviderResult) -> None:
     provider.note_misconfigured(result.http_status)
     log_event(
@@ -220,7 +225,7 @@ def settle(*, claimed: Transaction, result: ProviderResult, by: Actor, kind: str
                 txn.review_reason = f"not charged after {txn.attempts} tries"
         txn.save()
     if kind == "charge":
-        metrics.CHARGES.labels(result.outcome.value).inc()
+        count_charge(transitions.answer_name(txn))
     _log_settled(txn, previous[0], result)
     return txn
 
