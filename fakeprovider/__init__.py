@@ -29,8 +29,12 @@ applies once, first in first out, to the next request that matches it: `"on"` is
     {"kind": "garbage", "variant": "long_id"}   act normally, then answer 200 with an unusable
         body: not_json, long_id (300 characters), bad_id, bad_status, missing_id,
         deep_json (50 000 nested lists), not_object (a JSON list)
+    {"kind": "trickle", "ms": 50}        act normally, then send the whole answer (status line,
+        headers, body) one byte every 50 ms, until it is out or the client hangs up: every gap
+        is shorter than a read timeout, so only a bound on the whole attempt stops it.
+        `FakeProvider.trickles()` lists each: bytes sent, total, and whether the client hung up
 
-Lookups take `status`, `drop_before`, `hold` and `garbage`. Control endpoints (no key needed):
+Lookups take `status`, `drop_before`, `hold`, `garbage` and `trickle`. Control endpoints (no key needed):
 `GET /_fake/charges` (charges per key), `GET /_fake/ledger` (each charge made, per key),
 `GET|POST|DELETE /_fake/faults` (pending and applied faults; queue `{"faults": [...]}`; clear),
 `POST /_fake/faults/clear`, and `POST /_fake/reset`, which forgets charges and faults.

@@ -33,8 +33,8 @@ DECLINES: dict[str, tuple[str, str]] = {
 }
 
 FAULT_KINDS_BY_TARGET: dict[str, frozenset[str]] = {
-    "charge": frozenset({"hold", "slow", "drop_after", "drop_before", "status", "garbage"}),
-    "lookup": frozenset({"hold", "drop_before", "status", "garbage"}),
+    "charge": frozenset({"hold", "slow", "drop_after", "drop_before", "status", "garbage", "trickle"}),
+    "lookup": frozenset({"hold", "drop_before", "status", "garbage", "trickle"}),
 }
 # kind: (required parameters, optional parameters)
 FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -44,6 +44,7 @@ FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "drop_before": (frozenset(), frozenset()),
     "status": (frozenset({"status"}), frozenset({"retry_after"})),
     "garbage": (frozenset({"variant"}), frozenset()),
+    "trickle": (frozenset({"ms"}), frozenset()),
 }
 FAULT_PARAMETER_NAMES = ("ms", "status", "retry_after", "variant")
 FAULT_FIELDS = frozenset({"kind", "on", "key", *FAULT_PARAMETER_NAMES})
@@ -80,6 +81,8 @@ class _Response:
     # bytes go out as they are: garbage answers are not always JSON, or not encodable by json.
     body: JsonObject | list[Any] | bytes
     headers: tuple[tuple[str, str], ...] = ()
+    # > 0: the whole answer (status line, headers, body) goes out one byte every this many ms.
+    trickle_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import secrets
 import threading
@@ -63,6 +64,7 @@ class FakeProvider:
         self._requests_by_key: dict[str, int] = {}
         self._faults: deque[Fault] = deque()
         self._faults_applied: list[AppliedFault] = []
+        self._trickles: list[JsonObject] = []
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -164,6 +166,11 @@ class FakeProvider:
         with self._lock:
             return list(self._faults_applied)
 
+    def trickles(self) -> list[JsonObject]:
+        """Each trickled answer: {"sent", "total"} bytes, and "hung_up" if the client closed first."""
+        with self._lock:
+            return [dict(entry) for entry in self._trickles]
+
     def reset(self) -> None:
         """Forget charges, request counts and faults, pending and applied."""
         with self._lock:
@@ -171,6 +178,15 @@ class FakeProvider:
             self._requests_by_key.clear()
             self._faults.clear()
             self._faults_applied.clear()
+            self._trickles.clear()
+
+    def _note_trickle(self, *, sent: int, total: int, hung_up: bool) -> None:
+        with self._lock:
+            self._trickles.append({"sent": sent, "total": total, "hung_up": hung_up})
+
+    def _wait_ms_or_stop(self, ms: float) -> bool:
+        """Wait; False if the server is stopping."""
+        return not self._stopping.wait(ms / 1000)
 
     def _take_fault(self, on: str, key: str | None) -> Fault | None:
         if not self._faults:  # the hot path: no lock while nothing is queued
@@ -220,6 +236,8 @@ class FakeProvider:
             return None
         if fault.kind == "hold":
             self._wait_ms(fault.ms or 0)
+        if fault.kind == "trickle":
+            return dataclasses.replace(response, trickle_ms=fault.ms or 1)
         if fault.kind == "garbage":
             charge = self._stored_charge(key) if key else None
             base = charge if charge is not None else response.body

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import sys
 import threading
@@ -39,6 +40,8 @@ class Backend(Protocol):
     def _serve_lookup(self, authorization: str | None, raw_key: str) -> _Response | None: ...
     def clear_faults(self) -> None: ...
     def reset(self) -> None: ...
+    def _note_trickle(self, *, sent: int, total: int, hung_up: bool) -> None: ...
+    def _wait_ms_or_stop(self, ms: float) -> bool: ...
 
 
 class _Server(ThreadingHTTPServer):
@@ -182,6 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, response: _Response, *, close: bool = False) -> None:
         body = response.body
         payload = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+        if response.trickle_ms:
+            self._trickle(response, payload)
+            return
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -192,3 +198,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _trickle(self, response: _Response, payload: bytes) -> None:
+        """Send the whole answer a byte at a time, until it is out or the client hangs up."""
+        lines = [f"HTTP/1.1 {response.status} {self.responses.get(response.status, ('',))[0]}"]
+        lines += ["Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in response.headers]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+        self.close_connection = True
+        sent, hung_up = 0, False
+        try:
+            for index in range(len(raw)):
+                if not self.server.provider._wait_ms_or_stop(response.trickle_ms):
+                    break  # the server is stopping
+                if _peer_closed(self.connection):
+                    hung_up = True
+                    break
+                self.connection.sendall(raw[index : index + 1])
+                sent += 1
+        except OSError:
+            hung_up = True
+        self.server.provider._note_trickle(sent=sent, total=len(raw), hung_up=hung_up)
+
+
+def _peer_closed(connection: socket.socket) -> bool:
+    """Whether the client has closed its end (readable, and nothing left to read)."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True

@@ -184,12 +184,19 @@ PAYMENT_BACKOFF_MS = config.int("PAYMENT_BACKOFF_MS", 200, minimum=0, maximum=60
 PAYMENT_DEADLINE_MS = config.int("PAYMENT_DEADLINE_MS", 10_000, minimum=1, maximum=600_000)
 PAYMENT_MAX_ATTEMPTS = config.int("PAYMENT_MAX_ATTEMPTS", 6, minimum=1, maximum=100)
 PAYMENT_MAX_AMOUNT = config.int("PAYMENT_MAX_AMOUNT", 99_999_999, minimum=1)
-# The slowest a charge call can be: every attempt starts before the deadline and lasts at most
-# connect + read timeout. After it + PAYMENT_RECONCILE_AFTER_S no attempt can be in flight: a
+# The slowest a charge call can be: every attempt starts before the deadline and its socket is
+# closed connect + read timeout after it began (payments.provider.deadline), whatever the provider
+# sends. After it + PAYMENT_RECONCILE_AFTER_S no attempt can be in flight: a
 # pending row is abandoned, and a lookup that finds no charge proves none was made.
 PAYMENT_SLOWEST_CHARGE_S = (PAYMENT_DEADLINE_MS + PAYMENT_CONNECT_TIMEOUT_MS + PAYMENT_TIMEOUT_MS) / 1000
+# How long the provider may go on processing a request after we closed its connection
+# (payments.provider.in_flight_window_s: the slowest call + this).
+PAYMENT_PROVIDER_ALLOWANCE_S = config.int("PAYMENT_PROVIDER_ALLOWANCE_S", 60, minimum=0, maximum=3600)
 PAYMENT_RECONCILE_AFTER_S = config.int(
-    "PAYMENT_RECONCILE_AFTER_S", int(PAYMENT_SLOWEST_CHARGE_S) + 60, minimum=1, maximum=86_400
+    "PAYMENT_RECONCILE_AFTER_S",
+    int(PAYMENT_SLOWEST_CHARGE_S) + max(1, PAYMENT_PROVIDER_ALLOWANCE_S),
+    minimum=1,
+    maximum=86_400,
 )
 if PAYMENT_RECONCILE_AFTER_S <= PAYMENT_SLOWEST_CHARGE_S:
     config.errors.append(

@@ -41,6 +41,7 @@ __all__ = [
     "ProviderResult",
     "describe",
     "get_client",
+    "in_flight_window_s",
     "misconfigured",
     "note_misconfigured",
 ]
@@ -61,6 +62,18 @@ def get_client() -> PaymentProvider:
         if type(_client) is not adapter or _client.settings != wanted:
             _client = adapter(wanted)
         return _client
+
+
+def in_flight_window_s() -> float:
+    """Seconds after a call began during which the provider may still act on it.
+
+    The client's `call_deadline_s()` (the last moment any of the call's requests can be open:
+    PAYMENT_DEADLINE_MS + PAYMENT_CONNECT_TIMEOUT_MS + PAYMENT_TIMEOUT_MS, each attempt's socket
+    closed at its bound) plus PAYMENT_PROVIDER_ALLOWANCE_S for the provider's own processing of a
+    request it received before we closed the connection. Before it ends, "no such charge" from
+    a lookup proves nothing.
+    """
+    return get_client().call_deadline_s() + settings.PAYMENT_PROVIDER_ALLOWANCE_S
 
 
 def note_misconfigured(http_status: int | None) -> None:

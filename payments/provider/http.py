@@ -5,6 +5,12 @@ included: that is safe only because every call for a transaction carries the sam
 `Idempotency-Key`, so the provider never charges twice. The retry policy and the timeouts
 live here, in one transport class; every HTTP attempt is timed and returned to the caller,
 which records it. The breaker and the bulkhead are the client's `resilience`.
+
+Every attempt has a hard wall-clock bound, `attempt_deadline_s()` (connect + read timeout):
+`payments.provider.deadline` shuts its socket down at that moment whatever the peer sends, so a
+trickled answer cannot keep an attempt open, and an attempt cut there is a timeout (unknown: the
+request was sent). No attempt starts after the call's deadline, so no request of a call is open
+after `call_deadline_s()` from its start. Redirects are never followed.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from typing import Self
 import requests
 from django.conf import settings
 from django.utils import timezone
-from requests.adapters import HTTPAdapter
 from urllib3 import BaseHTTPResponse
 from urllib3 import exceptions as urllib3_exceptions
 from urllib3.connectionpool import ConnectionPool
@@ -30,7 +35,7 @@ from urllib3.util.retry import Retry
 
 from core import metrics
 from core.events import log_event
-from payments.provider import misconfiguration
+from payments.provider import deadline, misconfiguration
 from payments.provider.answers import cause_of_answer, cause_of_status, result_from_response
 from payments.provider.interface import (
     BREAKER_FAILURES,
@@ -64,6 +69,11 @@ class HttpSettings:
     breaker_reset_s: int
     max_concurrent_calls: int
 
+    @property
+    def attempt_deadline_s(self) -> float:
+        """The hard bound on one HTTP attempt: connect, send, and the whole answer."""
+        return self.connect_timeout_s + self.read_timeout_s
+
     @classmethod
     def from_django(cls) -> HttpSettings:
         return cls(
@@ -84,16 +94,34 @@ class _DeadlineReached(Exception):
     """No further attempt may start: the overall deadline would be passed."""
 
 
+# An attempt whose socket was shut down at its deadline (payments.provider.deadline).
+CUT_AT_DEADLINE = "no complete answer within the attempt's deadline; the connection was closed"
+
+
 @dataclass
 class _AttemptRecorder:
     deadline: float
+    attempt_bound_s: float
     attempts: list[Attempt] = field(default_factory=list)
     _started_wall: datetime | None = None
     _started: float = 0.0
+    _watch: deadline.AttemptWatch | None = None
 
     def start(self) -> None:
         self._started_wall = timezone.now()
         self._started = time.monotonic()
+        self._watch = deadline.start_attempt(self.attempt_bound_s)
+
+    @property
+    def cut(self) -> bool:
+        """Whether the current attempt's connection was shut down at its deadline."""
+        return self._watch is not None and self._watch.cut
+
+    def error_cause(self, error: BaseException) -> tuple[Cause, str]:
+        if self.cut:
+            return Cause.TIMEOUT, CUT_AT_DEADLINE
+        cause = _cause_of_error(error)
+        return cause, describe(cause)
 
     @property
     def in_attempt(self) -> bool:
@@ -165,8 +193,8 @@ class _RecordingRetry(Retry):
                     http_status=response.status, cause=cause, message=describe(cause, response.status)
                 )
             elif error is not None:
-                cause = _cause_of_error(error)
-                recorder.finish(http_status=None, cause=cause, message=describe(cause), error=error)
+                cause, message = recorder.error_cause(error)
+                recorder.finish(http_status=None, cause=cause, message=message, error=error)
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def sleep(self, response: BaseHTTPResponse | None = None) -> None:
@@ -227,7 +255,7 @@ class HttpProvider:
         )
         self.session = requests.Session()
         # Enough sockets for every request thread, so none is thrown away under load.
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=64)
+        adapter = deadline.BoundedHTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=64)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         # Proxies (HTTPS_PROXY, NO_PROXY) are read once here rather than on every
@@ -238,8 +266,21 @@ class HttpProvider:
             {"Authorization": f"Bearer {client_settings.api_key}", "User-Agent": "paymentsite/1.0"}
         )
 
+    def attempt_deadline_s(self) -> float:
+        """The hard wall-clock bound on one HTTP attempt (connect + read timeout): its socket is
+        shut down then, whatever the peer sends."""
+        return self.settings.attempt_deadline_s
+
+    def call_deadline_s(self) -> float:
+        """The longest one call (`charge` or `lookup`, all its attempts) can keep a request open:
+        no attempt starts after the call's deadline, and each is cut at its own bound."""
+        return self.settings.deadline_s + self.settings.attempt_deadline_s
+
     def _send(self, method: str, url: str, *, provider_key: str, body: dict | None) -> ProviderResult:
-        recorder = _AttemptRecorder(deadline=time.monotonic() + self.settings.deadline_s)
+        recorder = _AttemptRecorder(
+            deadline=time.monotonic() + self.settings.deadline_s,
+            attempt_bound_s=self.settings.attempt_deadline_s,
+        )
         _local.recorder = recorder
         recorder.start()
         response: requests.Response | None = None
@@ -251,6 +292,7 @@ class HttpProvider:
                 json=body,
                 headers={"Idempotency-Key": provider_key},
                 timeout=(self.settings.connect_timeout_s, self.settings.read_timeout_s),
+                allow_redirects=False,  # a redirect is no answer from the provider (unknown)
             )
         except _DeadlineReached:
             pass
@@ -258,7 +300,16 @@ class HttpProvider:
             error = exc
         finally:
             _local.recorder = None
-        if response is not None:
+            cut = recorder.cut
+            deadline.finish_attempt()
+        if response is not None and cut:
+            # The answer was cut short at the deadline (a body read to a shut-down socket can look
+            # complete): whatever it says, the request was sent and may have charged.
+            recorder.finish(http_status=response.status_code, cause=Cause.TIMEOUT, message=CUT_AT_DEADLINE)
+            result = ProviderResult(
+                outcome=Outcome.UNKNOWN, code=Cause.TIMEOUT.value, message=CUT_AT_DEADLINE
+            )
+        elif response is not None:
             result = result_from_response(response)
             recorder.finish(
                 http_status=response.status_code,
@@ -266,9 +317,9 @@ class HttpProvider:
                 message=result.message,
             )
         elif error is not None:
-            cause = _cause_of_error(error)
-            recorder.finish(http_status=None, cause=cause, message=describe(cause), error=error)
-            result = ProviderResult(outcome=CAUSES[cause][0], code=cause.value, message=describe(cause))
+            cause, message = recorder.error_cause(error)
+            recorder.finish(http_status=None, cause=cause, message=message, error=error)
+            result = ProviderResult(outcome=CAUSES[cause][0], code=cause.value, message=message)
         else:
             last = recorder.attempts[-1]
             cause = Cause(last.outcome)

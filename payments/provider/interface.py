@@ -125,6 +125,15 @@ class PaymentProvider(Protocol):
 
     resilience: Resilience
 
+    def attempt_deadline_s(self) -> float:
+        """The hard wall-clock bound on one attempt: its connection is closed then, whatever the
+        peer sends (an attempt cut there is UNKNOWN: the request was sent)."""
+        ...
+
+    def call_deadline_s(self) -> float:
+        """The longest one `charge` or `lookup` (all its attempts) can keep a request open."""
+        ...
+
     def charge(
         self, *, provider_key: str, amount: int, currency: str, source: str, reference: str, description: str
     ) -> ProviderResult: ...
