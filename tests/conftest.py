@@ -1,35 +1,16 @@
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from apikeys.models import APIKey
-from core.db import reset_pool
 from fakeprovider import FakeProvider
 from payments import provider
-
-TEST_API_KEY = "sk_test_fake_for_tests"
-
-requires_pooled_mysql = pytest.mark.skipif(
-    not django_settings.DATABASE_IS_POOLED,
-    reason="needs DATABASE_URL=mysql://… (the pooled backend); CI runs it on MariaDB",
-)
-
-
-def database_url_for_subprocess() -> str:
-    """The test database, as a URL that gunicorn and manage.py subprocesses can open."""
-    db = connection.settings_dict
-    if not django_settings.DATABASE_IS_POOLED:
-        return f"sqlite:///{db['NAME']}"
-    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
-    return f"mysql://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 3306}/{db['NAME']}"
+from tests.support.service import TEST_API_KEY
 
 
 @pytest.fixture(scope="session")
@@ -82,17 +63,3 @@ def api(api_user_token: tuple[Any, str]) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {api_user_token[1]}")
     return client
-
-
-@contextlib.contextmanager
-def pool_options(**options: int | float) -> Iterator[None]:
-    """Rebuild the default alias's pool with other POOL_OPTIONS for a block."""
-    settings_dict = connections["default"].settings_dict
-    saved = dict(settings_dict.get("POOL_OPTIONS", {}))
-    settings_dict["POOL_OPTIONS"] = {**saved, **options}
-    reset_pool()
-    try:
-        yield
-    finally:
-        settings_dict["POOL_OPTIONS"] = saved
-        reset_pool()

@@ -17,7 +17,7 @@ from django.test import Client
 
 from apikeys.models import APIKey
 from payments import services
-from tests.conftest import TEST_API_KEY
+from tests.support.service import TEST_API_KEY
 
 INDEX_LINKS = {"/pay/", "/admin/", "/api/docs/", "/api/schema/", "/health/"}
 

@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 from apikeys.management.commands.create_api_client import PASSWORD_ENV
 from apikeys.management.commands.create_api_client import Command as CreateApiClient
 from apikeys.models import APIKey
-from tests.conftest import TEST_API_KEY, database_url_for_subprocess
+from tests.support.service import TEST_API_KEY, database_url_for_subprocess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

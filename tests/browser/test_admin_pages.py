@@ -15,8 +15,8 @@ from fakeprovider import FakeProvider
 from payments import services
 from payments.models import Transaction
 from tests.browser.conftest import save_screenshot
-from tests.payments.factories import charge, unknown
-from tests.payments.test_admin import closed_port
+from tests.support.factories import charge, unknown
+from tests.support.network import closed_port
 
 pytestmark = pytest.mark.browser
 

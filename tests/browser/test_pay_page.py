@@ -15,8 +15,8 @@ from fakeprovider import FakeProvider
 from payments import outcomes, provider
 from payments.models import Transaction
 from tests.browser.conftest import fill_payment, save_screenshot
-from tests.conftest import TEST_API_KEY
-from tests.payments.factories import make_due
+from tests.support.factories import make_due
+from tests.support.service import TEST_API_KEY
 
 pytestmark = pytest.mark.browser
 

@@ -24,7 +24,7 @@ from payments.errors import PaymentError
 from payments.models import Transaction
 from payments.provider import Cause
 from payments.services.charge import raise_for_status
-from tests.health.helpers import OPERATOR_TOKEN, operator_get
+from tests.support.health import OPERATOR_TOKEN, operator_get
 
 CHARGE = {"amount": 1999, "currency": "USD", "source": "tok_visa"}
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"

@@ -11,7 +11,7 @@ import pytest
 
 from bench.infra import PrivateMariaDB, query
 from fakeprovider import FakeProvider
-from tests.conftest import TEST_API_KEY
+from tests.support.service import TEST_API_KEY
 
 requires_private_mariadb = pytest.mark.skipif(
     not PrivateMariaDB.available(),

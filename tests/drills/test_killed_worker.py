@@ -18,7 +18,7 @@ from bench.infra import Gunicorn, reconcile
 from bench.load import Connection, Request
 from fakeprovider import FakeProvider
 from payments.models import Transaction
-from tests.conftest import database_url_for_subprocess
+from tests.support.service import database_url_for_subprocess
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -17,8 +17,8 @@ from django.conf import settings as django_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from fakeprovider import FakeProvider
-from tests.conftest import TEST_API_KEY, database_url_for_subprocess
-from tests.health.helpers import OPERATOR_TOKEN
+from tests.support.health import OPERATOR_TOKEN
+from tests.support.service import TEST_API_KEY, database_url_for_subprocess
 
 WORKERS = 2
 

@@ -13,8 +13,8 @@ from django.test import Client
 from fakeprovider import FakeProvider
 from health import report
 from payments import provider
-from tests.conftest import TEST_API_KEY
-from tests.health.helpers import check, get_health, operator_get, unreachable_database, wait_for_health
+from tests.support.health import check, get_health, operator_get, unreachable_database, wait_for_health
+from tests.support.service import TEST_API_KEY
 
 CHECK_NAMES = {
     "database:connection",

@@ -12,7 +12,7 @@ from django.test import Client
 
 from health import views
 from payments import provider
-from tests.health.helpers import OPERATOR_TOKEN, get_health, unreachable_database
+from tests.support.health import OPERATOR_TOKEN, get_health, unreachable_database
 
 # componentName (the part of a check's key before the colon) -> the draft's componentType
 COMPONENT_TYPES = {"database": "datastore", "payment-provider": "component"}

@@ -7,7 +7,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
-from tests.health.helpers import operator_get
+from tests.support.health import operator_get
 
 CHARGE = {"amount": 1999, "currency": "USD", "source": "tok_visa"}
 

@@ -12,8 +12,8 @@ from django.test import Client
 
 from health import access
 from payments import provider
-from tests.conftest import pool_options, requires_pooled_mysql
-from tests.health.helpers import OPERATOR_TOKEN, held_connections, unreachable_database
+from tests.support.health import OPERATOR_TOKEN, held_connections, unreachable_database
+from tests.support.service import pool_options, requires_pooled_mysql
 from tests.test_config import run_check
 
 POD_IP_HOST = "10.42.7.19:8000"  # what a kubelet sends; not in ALLOWED_HOSTS

@@ -14,8 +14,8 @@ from rest_framework.test import APIClient
 
 from fakeprovider import FakeProvider
 from payments.models import PaymentAttempt, Transaction
-from tests.conftest import pool_options, requires_pooled_mysql
-from tests.health.helpers import held_connections
+from tests.support.health import held_connections
+from tests.support.service import pool_options, requires_pooled_mysql
 
 CHARGE = {"amount": 1999, "currency": "USD", "source": "tok_visa", "description": "Order 1"}
 

@@ -27,8 +27,8 @@ from payments.services import settlement
 from payments.services.claims import claim
 from payments.services.settlement import Fenced
 from payments.transitions import Actor
-from tests.conftest import TEST_API_KEY, database_url_for_subprocess, requires_pooled_mysql
-from tests.payments.factories import charge, stale_pending, unknown
+from tests.support.factories import charge, stale_pending, unknown
+from tests.support.service import TEST_API_KEY, database_url_for_subprocess, requires_pooled_mysql
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = Transaction.Status

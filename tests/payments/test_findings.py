@@ -16,7 +16,7 @@ from fakeprovider import FakeProvider
 from payments import failpoints, services
 from payments.models import Transaction
 from payments.services import ActionOutcome
-from tests.payments.factories import unknown
+from tests.support.factories import unknown
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -154,7 +154,7 @@ def test_8_deeply_nested_json_is_a_400_not_a_crash(api: APIClient) -> None:
 
 
 def test_9_lowering_the_attempt_limit_never_leaves_a_retry_that_never_comes(settings: Any) -> None:
-    from tests.payments.factories import failed
+    from tests.support.factories import failed
 
     txn = failed(attempts=4)
     settings.PAYMENT_MAX_ATTEMPTS = 3
@@ -222,7 +222,7 @@ def test_raw_exception_text_stored_by_older_versions_is_scrubbed() -> None:
 
     from django.apps import apps
 
-    from tests.payments.factories import failed
+    from tests.support.factories import failed
 
     raw = "HTTPConnectionPool(host='10.0.0.7', port=443): Max retries exceeded with url: /v1/charges"
     txn = failed(error_message=raw)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import html
 import io
 import re
-import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +19,8 @@ from rest_framework.authtoken.models import Token
 from fakeprovider import FakeProvider
 from payments.models import PaymentAttempt, Transaction
 from payments.services import SUPPORT_GROUP_NAME
-from tests.payments.factories import charge, failed, shop, stale_pending, unknown
+from tests.support.factories import charge, failed, shop, stale_pending, unknown
+from tests.support.network import closed_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -546,12 +546,6 @@ def test_cancel_on_the_page_asks_for_a_reason_and_refuses_an_unknown_outcome(sup
         str(txn.pk),
         "Canceled: Customer paid by bank transfer",
     )
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_refused_connections_are_not_said_to_have_reached_the_provider(

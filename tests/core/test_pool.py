@@ -12,8 +12,8 @@ from rest_framework.test import APIClient
 
 from fakeprovider import FakeProvider
 from payments.models import Transaction
-from tests.conftest import pool_options, requires_pooled_mysql
-from tests.health.helpers import check, get_health, held_connections, raw_mysql, server_side_connections
+from tests.support.health import check, get_health, held_connections, raw_mysql, server_side_connections
+from tests.support.service import pool_options, requires_pooled_mysql
 
 pytestmark = requires_pooled_mysql
 

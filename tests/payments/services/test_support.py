@@ -12,7 +12,7 @@ from payments import services
 from payments.errors import PaymentError
 from payments.models import PaymentAttempt, Transaction
 from payments.services import ActionOutcome, claims
-from tests.payments.factories import charge, failed, stale_pending, unknown
+from tests.support.factories import charge, failed, stale_pending, unknown
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,9 +16,9 @@ from rest_framework.test import APIClient
 
 from core.events import log_event
 from core.logs.redaction import REDACTED, redact
-from tests.conftest import TEST_API_KEY, pool_options, requires_pooled_mysql
-from tests.health.helpers import held_connections
-from tests.paymentsite.conftest import ConfigureLogging, ShippedLogs
+from tests.support.cloudwatch import ConfigureLogging, ShippedLogs
+from tests.support.health import held_connections
+from tests.support.service import TEST_API_KEY, pool_options, requires_pooled_mysql
 
 CHARGE = {"amount": 1999, "currency": "USD", "source": "tok_visa", "description": "Order 1"}
 
@@ -186,7 +186,7 @@ def refusing_endpoint(request: pytest.FixtureRequest) -> Iterator[tuple[str, typ
         server.server_close()
 
 
-def _unused_port() -> int:
+def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -212,7 +212,7 @@ def test_charges_succeed_and_one_warning_is_printed_when_cloudwatch_is_down(
     cloudwatch_endpoint: str,
 ) -> None:
     handler = configure_logging(
-        log_group="/paymentsite/down", endpoint_url=f"http://127.0.0.1:{_unused_port()}"
+        log_group="/paymentsite/down", endpoint_url=f"http://127.0.0.1:{closed_port()}"
     )
     assert handler is not None
 

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 from fakeprovider import FakeProvider
 from payments import failpoints, provider
 from payments.models import Transaction
-from tests.conftest import TEST_API_KEY
+from tests.support.service import TEST_API_KEY
 
 CHARGE = {"amount": 1999, "currency": "USD", "source": "tok_visa"}
 # /health/ shows its detail (the breaker's state) to an operator sending METRICS_TOKEN.

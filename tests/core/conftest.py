@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.config
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -17,9 +15,8 @@ from moto.server import ThreadedMotoServer
 
 from core.logs.cloudwatch import CloudWatchHandler
 from core.logs.config import logging_config
+from tests.support.cloudwatch import AWS_REGION, ConfigureLogging, ShippedLogs
 
-AWS_REGION = "us-east-1"
-ConfigureLogging = Callable[..., logging.Handler | None]
 FAKE_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
@@ -79,27 +76,6 @@ def configure_logging(capsys: pytest.CaptureFixture[str]) -> Iterator[ConfigureL
     finally:
         # Closes our handlers (flushing CloudWatch) and puts back the suite's configuration.
         logging.config.dictConfig(django_settings.LOGGING)
-
-
-@dataclass
-class ShippedLogs:
-    group: str
-    handler: logging.Handler
-    client: Any
-
-    def messages(self, filter_pattern: str = "") -> list[str]:
-        """Flush the handler, then read the group back from the endpoint."""
-        self.handler.flush()
-        pattern = {"filterPattern": filter_pattern} if filter_pattern else {}
-        paginator = self.client.get_paginator("filter_log_events")
-        return [
-            event["message"]
-            for page in paginator.paginate(logGroupName=self.group, **pattern)
-            for event in page["events"]
-        ]
-
-    def events(self, filter_pattern: str = "") -> list[dict[str, Any]]:
-        return [json.loads(message) for message in self.messages(filter_pattern)]
 
 
 @pytest.fixture

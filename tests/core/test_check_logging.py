@@ -12,7 +12,8 @@ from django.conf import settings
 
 from core.events import EVENT_CATALOGUE
 from fakeprovider import FakeProvider
-from tests.paymentsite.test_cloudwatch_processes import _service_env, _shipped, _unused_port
+from tests.support.cloudwatch import service_env, shipped_events
+from tests.support.network import closed_port
 
 
 def check_logging(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -38,11 +39,11 @@ def test_every_kind_of_event_arrives_in_the_log_group(
 ) -> None:
     group = f"/paymentsite/check-{uuid.uuid4().hex[:12]}"
 
-    result = check_logging(_service_env(cloudwatch_endpoint, group, fake_provider), "--wait", "20")
+    result = check_logging(service_env(cloudwatch_endpoint, group, fake_provider), "--wait", "20")
 
     assert result.returncode == 0, result.stderr
     assert report(result.stdout) == dict.fromkeys(EVENT_CATALOGUE, "arrived")
-    shipped = _shipped(logs_client, group, '"check_logging"')
+    shipped = shipped_events(logs_client, group, '"check_logging"')
     assert {event["event"] for event in shipped} == set(EVENT_CATALOGUE)
     assert len({event["check_id"] for event in shipped}) == 1, "every event carries the run's check_id"
     assert {event["level"] for event in shipped if event["event"] == "config.invalid"} == {"CRITICAL"}
@@ -51,8 +52,8 @@ def test_every_kind_of_event_arrives_in_the_log_group(
 def test_an_unreachable_endpoint_exits_1_and_lists_every_kind_missing(
     cloudwatch_endpoint: str, fake_provider: FakeProvider
 ) -> None:
-    env = _service_env(cloudwatch_endpoint, "/paymentsite/unreachable", fake_provider)
-    env["CLOUDWATCH_ENDPOINT_URL"] = f"http://127.0.0.1:{_unused_port()}"
+    env = service_env(cloudwatch_endpoint, "/paymentsite/unreachable", fake_provider)
+    env["CLOUDWATCH_ENDPOINT_URL"] = f"http://127.0.0.1:{closed_port()}"
 
     result = check_logging(env, "--wait", "5")
 

@@ -19,8 +19,8 @@ from django.utils import timezone
 from fakeprovider import FakeProvider
 from payments import failpoints, provider
 from payments.models import Transaction
-from tests.conftest import TEST_API_KEY, database_url_for_subprocess
-from tests.payments.factories import charge, failed, make_due, stale_pending, unknown
+from tests.support.factories import charge, failed, make_due, stale_pending, unknown
+from tests.support.service import TEST_API_KEY, database_url_for_subprocess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

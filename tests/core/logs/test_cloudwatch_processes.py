@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,37 +16,8 @@ import requests
 from django.conf import settings
 
 from fakeprovider import FakeProvider
-from tests.conftest import TEST_API_KEY
-from tests.paymentsite.conftest import AWS_REGION
-
-
-def _unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _service_env(
-    cloudwatch_endpoint: str, group: str, fake_provider: FakeProvider, **extra: str
-) -> dict[str, str]:
-    return {
-        **os.environ,  # the fake AWS credentials and the test database settings
-        "DJANGO_SETTINGS_MODULE": "paymentsite.settings",
-        "PAYMENT_SERVICE_URL": fake_provider.url,
-        "PAYMENT_API_KEY": TEST_API_KEY,
-        "CLOUDWATCH_LOG_GROUP": group,
-        "CLOUDWATCH_ENDPOINT_URL": cloudwatch_endpoint,
-        "AWS_REGION": AWS_REGION,
-        # Long: what arrives was sent by the flush at shutdown.
-        "CLOUDWATCH_SEND_INTERVAL_S": "60",
-        "LOG_FORMAT": "json",
-        **extra,
-    }
-
-
-def _shipped(logs_client: Any, group: str, filter_pattern: str) -> list[dict[str, Any]]:
-    events = logs_client.filter_log_events(logGroupName=group, filterPattern=filter_pattern)["events"]
-    return [json.loads(event["message"]) for event in events]
+from tests.support.cloudwatch import service_env, shipped_events
+from tests.support.network import closed_port
 
 
 def test_invalid_configuration_is_logged_and_shipped_before_the_process_stops(
@@ -59,7 +28,7 @@ def test_invalid_configuration_is_logged_and_shipped_before_the_process_stops(
     result = subprocess.run(
         [sys.executable, "-c", "import paymentsite.wsgi"],
         cwd=settings.BASE_DIR,
-        env=_service_env(cloudwatch_endpoint, group, fake_provider, LOG_LEVEL="LOUD"),
+        env=service_env(cloudwatch_endpoint, group, fake_provider, LOG_LEVEL="LOUD"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -68,7 +37,7 @@ def test_invalid_configuration_is_logged_and_shipped_before_the_process_stops(
     assert result.returncode == 1
     assert "LOG_LEVEL='LOUD' is invalid" in result.stderr
     [on_stdout] = [json.loads(line) for line in result.stdout.splitlines() if '"config.invalid"' in line]
-    [shipped] = _shipped(logs_client, group, '"config.invalid"')
+    [shipped] = shipped_events(logs_client, group, '"config.invalid"')
     assert shipped == on_stdout
     assert shipped["level"] == "CRITICAL"
     assert shipped["errors"] == [
@@ -81,11 +50,11 @@ def test_gunicorn_workers_ship_from_their_own_streams_and_flush_at_shutdown(
     cloudwatch_endpoint: str, logs_client: Any, fake_provider: FakeProvider
 ) -> None:
     group = f"/paymentsite/test-{uuid.uuid4().hex[:12]}"
-    base_url = f"http://127.0.0.1:{_unused_port()}"
+    base_url = f"http://127.0.0.1:{closed_port()}"
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "paymentsite/gunicorn.conf.py"],
         cwd=settings.BASE_DIR,
-        env=_service_env(
+        env=service_env(
             cloudwatch_endpoint,
             group,
             fake_provider,
@@ -117,7 +86,7 @@ def test_gunicorn_workers_ship_from_their_own_streams_and_flush_at_shutdown(
         server.send_signal(signal.SIGTERM)
         stdout, _ = server.communicate(timeout=30)
 
-    not_found = _shipped(logs_client, group, '"Not Found"')
+    not_found = shipped_events(logs_client, group, '"Not Found"')
     assert sorted(event["request_id"] for event in not_found) == request_ids
     # gunicorn's own lines are JSON on stdout too (gunicorn.conf.py, logconfig_dict).
     worker_pids = {int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", stdout)}
