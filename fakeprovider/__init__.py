@@ -10,7 +10,8 @@ The contract: `POST /v1/charges` (Bearer key, `Idempotency-Key`, JSON `{amount, 
 source, reference, description}`) answers 200 with the charge, 402 with a decline, 400/401 for a
 bad request or key, 409 while the same key is still being processed, 429 or 5xx; the same key
 with the same body answers the first final result and never charges again.
-`GET /v1/charges/{key}` answers the charge made with that key, or 404 if none is made *yet*.
+`GET /v1/charges/{key}` answers the charge made with that key, or 404 with the error code
+`resource_missing` if none is made *yet*; an unrecognized path is a 404 without that code.
 
 Behaviour is chosen by the charge's `source` token, like a card network's test cards:
 `tok_visa` succeeds; `tok_chargeDeclined`, `tok_insufficientFunds` decline; `tok_timeout`
@@ -33,8 +34,18 @@ applies once, first in first out, to the next request that matches it: `"on"` is
         headers, body) one byte every 50 ms, until it is out or the client hangs up: every gap
         is shorter than a read timeout, so only a bound on the whole attempt stops it.
         `FakeProvider.trickles()` lists each: bytes sent, total, and whether the client hung up
+    {"kind": "proxy_404"}                an HTML 404 page (text/html) as a proxy with no route
+        would send, acting on nothing
+    {"kind": "redirect", "location": "https://elsewhere.example/"}   a 302 to that location,
+        acting on nothing; by default to /v1/charges/moved-elsewhere on this host, a lookup
+        that answers 404 resource_missing, so a client that follows it hears "no such charge"
+    {"kind": "delayed_commit", "ms": 5000}   a charge only: the charge is made as usual, but
+        lookups of its key answer 404 resource_missing for 5000 ms after it was made (a commit
+        not yet visible); not an answer of its own, the same request goes on under the next
+        matching fault (queue it before a `trickle` or `drop_after` for the issue-18 path)
 
-Lookups take `status`, `drop_before`, `hold`, `garbage` and `trickle`. Control endpoints (no key needed):
+Lookups take `status`, `drop_before`, `hold`, `garbage`, `trickle`, `proxy_404` and `redirect`.
+Control endpoints (no key needed):
 `GET /_fake/charges` (charges per key), `GET /_fake/ledger` (each charge made, per key),
 `GET|POST|DELETE /_fake/faults` (pending and applied faults; queue `{"faults": [...]}`; clear),
 `POST /_fake/faults/clear`, and `POST /_fake/reset`, which forgets charges and faults.

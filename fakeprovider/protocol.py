@@ -33,8 +33,11 @@ DECLINES: dict[str, tuple[str, str]] = {
 }
 
 FAULT_KINDS_BY_TARGET: dict[str, frozenset[str]] = {
-    "charge": frozenset({"hold", "slow", "drop_after", "drop_before", "status", "garbage", "trickle"}),
-    "lookup": frozenset({"hold", "drop_before", "status", "garbage", "trickle"}),
+    "charge": frozenset(
+        {"hold", "slow", "drop_after", "drop_before", "status", "garbage", "trickle"}
+        | {"proxy_404", "redirect", "delayed_commit"}
+    ),
+    "lookup": frozenset({"hold", "drop_before", "status", "garbage", "trickle", "proxy_404", "redirect"}),
 }
 # kind: (required parameters, optional parameters)
 FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -45,8 +48,20 @@ FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "status": (frozenset({"status"}), frozenset({"retry_after"})),
     "garbage": (frozenset({"variant"}), frozenset()),
     "trickle": (frozenset({"ms"}), frozenset()),
+    "proxy_404": (frozenset(), frozenset()),
+    "redirect": (frozenset(), frozenset({"location"})),
+    "delayed_commit": (frozenset({"ms"}), frozenset()),
 }
-FAULT_PARAMETER_NAMES = ("ms", "status", "retry_after", "variant")
+FAULT_PARAMETER_NAMES = ("ms", "status", "retry_after", "variant", "location")
+STRING_PARAMETERS = frozenset({"variant", "location"})
+# Where a redirect points by default: this host, a lookup of a key never charged, so a client
+# that follows it is told "no such charge".
+REDIRECT_LOCATION = f"{CHARGES_PATH}/moved-elsewhere"
+# What a proxy (nginx) answers for a path it has no route for.
+PROXY_404_PAGE = (
+    b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
+    b"<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
 FAULT_FIELDS = frozenset({"kind", "on", "key", *FAULT_PARAMETER_NAMES})
 GARBAGE_VARIANTS = frozenset(
     {"not_json", "long_id", "bad_id", "bad_status", "missing_id", "deep_json", "not_object"}
@@ -83,6 +98,7 @@ class _Response:
     headers: tuple[tuple[str, str], ...] = ()
     # > 0: the whole answer (status line, headers, body) goes out one byte every this many ms.
     trickle_ms: int = 0
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,7 @@ class Fault:
     status: int | None = None
     retry_after: int | None = None
     variant: str | None = None
+    location: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS_BY_TARGET.get(self.on, ()):
@@ -106,11 +123,13 @@ class Fault:
             raise _InvalidRequestError(f"Fault {self.kind!r} needs {sorted(required - given)}.")
         if given - required - optional:
             raise _InvalidRequestError(f"Fault {self.kind!r} takes no {sorted(given - required)}.")
-        for name in given - {"variant"}:
+        for name in given - STRING_PARAMETERS:
             if type(getattr(self, name)) is not int or getattr(self, name) < 0:
                 raise _InvalidRequestError(f"Fault {name!r} must be a non-negative integer.")
         if self.status is not None and not 400 <= self.status <= 599:
             raise _InvalidRequestError("Fault 'status' must be an error status, 400 to 599.")
+        if self.location is not None and not (isinstance(self.location, str) and self.location):
+            raise _InvalidRequestError("Fault 'location' must be a non-empty string.")
         if self.variant is not None and self.variant not in GARBAGE_VARIANTS:
             raise _InvalidRequestError(f"Unknown garbage variant {self.variant!r}.")
         if self.key is not None and not (isinstance(self.key, str) and self.key):
@@ -150,6 +169,8 @@ class _KeyState:
     first_attempt_at: float
     attempts: int = 0
     in_progress: bool = False
+    # A delayed_commit fault: lookups do not see the charge before this (time.monotonic()).
+    visible_at: float = 0.0
     result: _Response | None = None
     charge: JsonObject | None = None
 
@@ -196,6 +217,15 @@ def _garbage(variant: str, charge: JsonObject) -> _Response:
         "bad_status": {"status": "weird"},
     }[variant]
     return _Response(200, {**charge, **changed})
+
+
+def _proxy_404() -> _Response:
+    return _Response(404, PROXY_404_PAGE, content_type="text/html")
+
+
+def _redirect(location: str) -> _Response:
+    body = f'<html><body>Moved to <a href="{location}">{location}</a></body></html>'.encode()
+    return _Response(302, body, (("Location", location),), content_type="text/html")
 
 
 def _unauthorized() -> _Response:

@@ -18,6 +18,7 @@ from fakeprovider.protocol import (
     FINAL_STATUSES,
     HEALTH_PATH,
     MAX_IDEMPOTENCY_KEY_LENGTH,
+    REDIRECT_LOCATION,
     AppliedFault,
     Fault,
     JsonObject,
@@ -29,6 +30,8 @@ from fakeprovider.protocol import (
     _KeyState,
     _parse_charge_request,
     _parse_json_object,
+    _proxy_404,
+    _redirect,
     _Response,
     _status_error,
     _unauthorized,
@@ -65,6 +68,8 @@ class FakeProvider:
         self._faults: deque[Fault] = deque()
         self._faults_applied: list[AppliedFault] = []
         self._trickles: list[JsonObject] = []
+        # delayed_commit faults taken for a key, applied when that key's charge is stored.
+        self._commit_delays_ms: dict[str, int] = {}
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -179,6 +184,7 @@ class FakeProvider:
             self._faults.clear()
             self._faults_applied.clear()
             self._trickles.clear()
+            self._commit_delays_ms.clear()
 
     def _note_trickle(self, *, sent: int, total: int, hung_up: bool) -> None:
         with self._lock:
@@ -225,12 +231,23 @@ class FakeProvider:
     def _serve(self, on: str, key: str | None, act: Callable[[int], _Response]) -> _Response | None:
         """`act(slow_ms)` under the next matching fault, if any; None means drop the connection."""
         fault = self._take_fault(on, key)
+        if fault is not None and fault.kind == "delayed_commit":
+            # Not an answer of its own: it changes when lookups see this key's charge, and the
+            # request goes on under the next matching fault, if any.
+            if key:
+                with self._lock:
+                    self._commit_delays_ms[key] = fault.ms or 0
+            fault = self._take_fault(on, key)
         if fault is None:
             return act(0)
         if fault.kind == "drop_before":
             return None
         if fault.kind == "status":
             return _status_error(fault.status or 500, fault.retry_after)
+        if fault.kind == "proxy_404":
+            return _proxy_404()
+        if fault.kind == "redirect":
+            return _redirect(fault.location or REDIRECT_LOCATION)
         response = act((fault.ms or 0) if fault.kind == "slow" else 0)
         if fault.kind == "drop_after":
             return None
@@ -300,6 +317,8 @@ class FakeProvider:
             # Only final answers are stored; a 429 or 5xx leaves the key free to be retried.
             if response.status in FINAL_STATUSES:
                 state.result, state.charge = response, charge
+                delay_ms = self._commit_delays_ms.pop(key, 0)
+                state.visible_at = time.monotonic() + delay_ms / 1000
             state.in_progress = False
         self._hold_if_timing_out(state, arrived_at)
         return response
@@ -307,8 +326,11 @@ class FakeProvider:
     def _lookup(self, authorization: str | None, key: str) -> _Response:
         if not self._authorized(authorization):
             return _unauthorized()
-        charge = self._stored_charge(key)
-        if charge is None:
+        with self._lock:
+            state = self._keys.get(key)
+            charge = state.charge if state is not None else None
+            committed = state is not None and time.monotonic() >= state.visible_at
+        if charge is None or not committed:
             return _status_error(404)
         return _Response(200, charge)
 

@@ -131,7 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         allowed = _allowed_methods(path)
         if not allowed:
-            self._send(_invalid_request("Unknown path.", status=404, code="resource_missing"))
+            # No error code: `resource_missing` is the lookup's "no charge with this key" only.
+            self._send(_invalid_request("Unrecognized request URL.", status=404))
         elif self.command not in allowed:
             response = _invalid_request("Method not allowed.", status=405)
             self._send(_Response(405, response.body, (("Allow", ", ".join(allowed)),)))
@@ -189,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._trickle(response, payload)
             return
         self.send_response(response.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(payload)))
         for name, value in response.headers:
             self.send_header(name, value)
@@ -202,7 +203,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _trickle(self, response: _Response, payload: bytes) -> None:
         """Send the whole answer a byte at a time, until it is out or the client hangs up."""
         lines = [f"HTTP/1.1 {response.status} {self.responses.get(response.status, ('',))[0]}"]
-        lines += ["Content-Type: application/json", f"Content-Length: {len(payload)}", "Connection: close"]
+        lines += [
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(payload)}",
+            "Connection: close",
+        ]
         lines += [f"{name}: {value}" for name, value in response.headers]
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
         self.close_connection = True

@@ -1,7 +1,10 @@
 """Reading one provider answer: its status and body checked at the boundary.
 
 Anything that cannot be trusted (not JSON, a bad id, an odd status) is an unknown outcome,
-never a failure: the provider may have charged.
+never a failure: the provider may have charged. Absence is proved only by the provider's own
+typed answer: a 404 with the JSON error code `resource_missing` to a lookup (its documented
+route, no redirect followed). Any other 404 (a proxy's HTML page, a router with no route) says
+nothing about the charge: unknown on a lookup, and on the charge route a misconfigured URL.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import requests
 from payments.provider.interface import CAUSES, Cause, Outcome, ProviderResult, describe
 
 CHARGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The provider's error code for "no charge was made with this key" (its lookup's 404).
+NO_SUCH_CHARGE = "resource_missing"
+CHARGE, LOOKUP = "charge", "lookup"
 
 
 def cause_of_status(http_status: int) -> Cause:
@@ -28,15 +34,15 @@ def cause_of_status(http_status: int) -> Cause:
         return Cause.REJECTED
     if http_status in (401, 403):
         return Cause.MISCONFIGURED
-    if http_status == 404:
-        return Cause.NOT_FOUND
     if http_status == 409:
         return Cause.IN_FLIGHT
     if http_status == 429:
         return Cause.RATE_LIMITED
     if http_status >= 500:
         return Cause.PROVIDER_ERROR
-    return Cause.UNUSABLE  # 1xx/3xx: redirects are not followed; nothing says what happened
+    # 404: only a lookup's typed answer proves anything (see result_from_response).
+    # 1xx/3xx: redirects are not followed; nothing says what happened.
+    return Cause.UNUSABLE
 
 
 def _json_object(response: requests.Response) -> dict[str, Any] | None:
@@ -58,12 +64,39 @@ def _unusable(http_status: int, why: str) -> ProviderResult:
     )
 
 
-def result_from_response(response: requests.Response) -> ProviderResult:
-    """Validate the answer at the boundary: anything we cannot trust is an unknown outcome."""
+def _no_such_charge(response: requests.Response, error: dict) -> bool:
+    """The provider's typed "no charge with this key": JSON, with its error code."""
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return content_type == "application/json" and error.get("code") == NO_SUCH_CHARGE
+
+
+def _answer_to_404(response: requests.Response, error: dict, *, kind: str) -> ProviderResult:
+    if kind == CHARGE:
+        # The charge route itself is missing (a wrong PAYMENT_SERVICE_URL, a proxy with no
+        # route): nothing reached a charging endpoint; an operator must act.
+        return ProviderResult(
+            outcome=Outcome.MISCONFIGURED,
+            http_status=404,
+            code=Cause.MISCONFIGURED.value,
+            message="HTTP 404 on the charge route: check PAYMENT_SERVICE_URL",
+        )
+    if _no_such_charge(response, error):
+        return ProviderResult(
+            outcome=Outcome.NOT_FOUND, http_status=404, code=Cause.NOT_FOUND.value, message="no such charge"
+        )
+    return _unusable(404, "HTTP 404 that is not the provider's typed no-such-charge answer")
+
+
+def result_from_response(response: requests.Response, *, kind: str = CHARGE) -> ProviderResult:
+    """Validate the answer at the boundary: anything we cannot trust is an unknown outcome.
+
+    `kind` is CHARGE (POST to the charge route) or LOOKUP (GET of one key's charge)."""
     http_status = response.status_code
     cause = cause_of_status(http_status)
     data = _json_object(response)
     error = data.get("error") if data and isinstance(data.get("error"), dict) else {}
+    if http_status == 404:
+        return _answer_to_404(response, error, kind=kind)
     if cause == Cause.SUCCEEDED:
         if data is None:
             return _unusable(http_status, f"HTTP {http_status} with a body that is not a JSON object")

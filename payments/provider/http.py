@@ -36,7 +36,7 @@ from urllib3.util.retry import Retry
 from core import metrics
 from core.events import log_event
 from payments.provider import deadline, misconfiguration
-from payments.provider.answers import cause_of_answer, cause_of_status, result_from_response
+from payments.provider.answers import CHARGE, LOOKUP, cause_of_answer, cause_of_status, result_from_response
 from payments.provider.interface import (
     BREAKER_FAILURES,
     CAUSES,
@@ -310,7 +310,7 @@ class HttpProvider:
                 outcome=Outcome.UNKNOWN, code=Cause.TIMEOUT.value, message=CUT_AT_DEADLINE
             )
         elif response is not None:
-            result = result_from_response(response)
+            result = result_from_response(response, kind=CHARGE if method == "POST" else LOOKUP)
             recorder.finish(
                 http_status=response.status_code,
                 cause=cause_of_answer(result),
@@ -366,7 +366,8 @@ class HttpProvider:
         return self._guarded("POST", self.settings.url, provider_key=provider_key, body=body)
 
     def lookup(self, *, provider_key: str) -> ProviderResult:
-        """GET {url}/{key}: the charge made with that key, or NOT_FOUND when none was."""
+        """GET {url}/{key}: the charge made with that key, or NOT_FOUND only on the provider's
+        typed 404 `resource_missing` (any other 404, HTML or redirect is UNKNOWN)."""
         return self._guarded(
             "GET", f"{self.settings.url}/{provider_key}", provider_key=provider_key, body=None
         )

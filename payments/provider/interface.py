@@ -25,9 +25,12 @@ class Outcome(enum.StrEnum):
     UNKNOWN = "unknown"  # the provider may have charged: the cause is in `code`
     CONNECTION_ERROR = "provider_connection_error"  # nothing was sent
     PROVIDER_ERROR = "provider_error"  # the provider answered that it did not charge (5xx, 429)
-    MISCONFIGURED = "provider_misconfigured"  # 401/403/404: our key or URL is wrong
+    MISCONFIGURED = "provider_misconfigured"  # 401/403, or 404 on a charge: our key or URL is wrong
     UNAVAILABLE = "provider_unavailable"  # refused by the open breaker: nothing was sent
-    NOT_FOUND = "not_found"  # a lookup only: the provider has no charge with this key
+    # A lookup only, and only from the provider's typed answer (404 with the JSON error code
+    # `resource_missing` from its lookup route): it has no charge with this key *yet*. Any other
+    # 404, an HTML page or a redirect is UNKNOWN.
+    NOT_FOUND = "not_found"
 
 
 class Cause(enum.StrEnum):
@@ -44,7 +47,7 @@ class Cause(enum.StrEnum):
     PROVIDER_ERROR = "provider_error"  # 5xx: the provider says it did not process the request
     RATE_LIMITED = "rate_limited"  # 429: not processed
     MISCONFIGURED = "provider_misconfigured"  # 401/403, or 404 on a charge
-    NOT_FOUND = "not_found"
+    NOT_FOUND = "not_found"  # a lookup's typed 404 resource_missing
 
 
 # Cause of an attempt -> (the call's outcome if it was the last attempt, may it have charged?)

@@ -64,7 +64,7 @@ def test_trickle_charges_then_sends_the_whole_answer_a_byte_at_a_time(
 
     assert answer.status_code == 200 and answer.json()["status"] == "succeeded"
     assert fake.charge_count("key-1") == 1
-    [trickle] = fake.trickles()
+    [trickle] = wait_until(fake.trickles)  # noted just after the last byte went out
     assert trickle["sent"] == trickle["total"] > len(answer.content) and not trickle["hung_up"]
 
 
@@ -84,3 +84,84 @@ def test_trickle_stops_when_the_client_hangs_up_and_on_lookups_too(fake: FakePro
     trickles = wait_until(lambda: len(fake.trickles()) == 2 and fake.trickles())
     assert all(entry["hung_up"] and entry["sent"] < entry["total"] for entry in trickles)
     assert fake.faults_applied() == [("trickle", "charge", "key-2"), ("trickle", "lookup", "key-2")]
+
+
+# proxy_404, redirect, and the server's own 404 ------------------------------------------
+
+
+def test_proxy_404_answers_an_html_page_and_acts_on_nothing(
+    fake: FakeProvider, session: requests.Session
+) -> None:
+    assert post(session, fake, "paid").status_code == 200
+    fake.inject_many([{"kind": "proxy_404"}, {"kind": "proxy_404", "on": "lookup"}])
+
+    on_charge = post(session, fake, "key-1")
+    on_lookup = lookup(session, fake, "paid")
+
+    for answer in (on_charge, on_lookup):
+        assert answer.status_code == 404
+        assert answer.headers["Content-Type"] == "text/html"
+        assert answer.text.startswith("<html>") and "nginx" in answer.text
+    assert fake.charge_count("key-1") == 0 and fake.request_count("key-1") == 1
+    assert lookup(session, fake, "paid").status_code == 200, "the charge is still there"
+
+
+def test_redirect_answers_302_to_elsewhere_and_acts_on_nothing(
+    fake: FakeProvider, session: requests.Session
+) -> None:
+    fake.inject_many(
+        [{"kind": "redirect"}, {"kind": "redirect", "on": "lookup", "location": "https://elsewhere.example/"}]
+    )
+
+    on_charge = post(session, fake, "key-1", allow_redirects=False)
+    on_lookup = lookup(session, fake, "key-1", allow_redirects=False)
+    followed = session.get(
+        f"http://{fake.host}:{fake.port}{on_charge.headers['Location']}", headers=headers(), timeout=5
+    )
+
+    assert (on_charge.status_code, on_charge.headers["Location"]) == (302, "/v1/charges/moved-elsewhere")
+    assert (on_lookup.status_code, on_lookup.headers["Location"]) == (302, "https://elsewhere.example/")
+    assert fake.charge_count("key-1") == 0
+    assert (followed.status_code, followed.json()["error"]["code"]) == (404, "resource_missing"), (
+        "a client that follows the default redirect is told 'no such charge'"
+    )
+
+
+def test_an_unrecognized_path_is_a_404_without_the_no_such_charge_code(
+    fake: FakeProvider, session: requests.Session
+) -> None:
+    answer = session.get(fake.url.replace("/v1/charges", "/v2/charges/key-1"), headers=headers(), timeout=5)
+
+    assert answer.status_code == 404 and answer.headers["Content-Type"] == "application/json"
+    assert "code" not in answer.json()["error"], "resource_missing belongs to the lookup of a key only"
+
+
+# delayed_commit ---------------------------------------------------------------------------
+
+
+def test_delayed_commit_charges_but_lookups_answer_resource_missing_until_it_commits(
+    fake: FakeProvider, session: requests.Session
+) -> None:
+    fake.inject({"kind": "delayed_commit", "ms": 300, "key": "key-1"})
+
+    answer = post(session, fake, "key-1")
+    before = lookup(session, fake, "key-1")
+    after = wait_until(lambda: (found := lookup(session, fake, "key-1")).status_code == 200 and found)
+
+    assert answer.status_code == 200 and fake.charge_count("key-1") == 1
+    assert (before.status_code, before.json()["error"]["code"]) == (404, "resource_missing")
+    assert after.json() == answer.json()
+
+
+def test_delayed_commit_goes_on_under_the_next_fault_for_the_same_request(fake: FakeProvider) -> None:
+    # The path: the charge is made, its answer is lost, and lookups find nothing yet.
+    fake.inject_many([{"kind": "delayed_commit", "ms": 60_000, "key": "key-1"}, {"kind": "drop_after"}])
+
+    with requests.Session() as session, pytest.raises(requests.ConnectionError):
+        post(session, fake, "key-1")
+    with requests.Session() as session:
+        missing = lookup(session, fake, "key-1")
+
+    assert fake.charge_count("key-1") == 1
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "resource_missing")
+    assert fake.faults_applied() == [("delayed_commit", "charge", "key-1"), ("drop_after", "charge", "key-1")]

@@ -1,0 +1,150 @@
+"""What a provider answer proves (issue 18, finding 3): absence only from the provider's typed
+"no such charge", over real HTTP against the fake provider."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+from fakeprovider import FakeProvider
+from payments import provider
+from payments.models import Transaction
+from payments.provider import misconfiguration
+from payments.provider.interface import Cause, Outcome, ProviderResult
+
+OPERATOR_TOKEN = "answers-tests-operator-token-0123"
+
+
+def charge(
+    key: str, amount: int = 1999, currency: str = "USD", reference: str | None = None
+) -> ProviderResult:
+    return provider.get_client().charge(
+        provider_key=key,
+        amount=amount,
+        currency=currency,
+        source="tok_visa",
+        reference=reference or key,
+        description="",
+    )
+
+
+def lookup(key: str) -> ProviderResult:
+    return provider.get_client().lookup(provider_key=key)
+
+
+@pytest.fixture(autouse=True)
+def forget_refusals() -> Iterator[None]:
+    yield
+    misconfiguration.clear()  # process-wide: a refusal noted here must not fail later tests' /health/
+
+
+@pytest.fixture
+def charged_key(fake_provider: FakeProvider) -> str:
+    key = f"charged-{uuid.uuid4()}"
+    assert charge(key).outcome == Outcome.SUCCEEDED
+    return key
+
+
+def test_the_providers_typed_no_such_charge_is_not_found(fake_provider: FakeProvider) -> None:
+    result = lookup(f"never-sent-{uuid.uuid4()}")
+
+    assert (result.outcome, result.code, result.http_status) == (
+        Outcome.NOT_FOUND,
+        Cause.NOT_FOUND.value,
+        404,
+    )
+
+
+@pytest.mark.parametrize("on_a_charged_key", [True, False])
+def test_a_proxys_html_404_to_a_lookup_is_unknown_never_not_found(
+    fake_provider: FakeProvider, on_a_charged_key: bool
+) -> None:
+    key = f"html-404-{uuid.uuid4()}"
+    if on_a_charged_key:
+        assert charge(key).outcome == Outcome.SUCCEEDED
+    fake_provider.inject({"kind": "proxy_404", "on": "lookup"})
+
+    result = lookup(key)
+
+    assert (result.outcome, result.code, result.http_status) == (Outcome.UNKNOWN, Cause.UNUSABLE.value, 404)
+    assert fake_provider.faults_applied() == [("proxy_404", "lookup", key)]
+
+
+def test_a_404_from_a_route_that_is_not_the_lookup_is_unknown(
+    fake_provider: FakeProvider, settings: Any, charged_key: str
+) -> None:
+    # A wrong path: the server's own "unrecognized URL" 404 is JSON, but not the typed answer.
+    settings.PAYMENT_SERVICE_URL = fake_provider.url.replace("/v1/charges", "/v2/charges")
+
+    result = lookup(charged_key)
+
+    assert (result.outcome, result.http_status) == (Outcome.UNKNOWN, 404)
+    assert fake_provider.charge_count(charged_key) == 1
+
+
+def test_a_redirected_lookup_is_not_followed_and_is_unknown(
+    fake_provider: FakeProvider, charged_key: str
+) -> None:
+    # The redirect points at a lookup that would answer the typed 404 for another key.
+    fake_provider.inject({"kind": "redirect", "on": "lookup"})
+
+    result = lookup(charged_key)
+
+    assert (result.outcome, result.code, result.http_status) == (Outcome.UNKNOWN, Cause.UNUSABLE.value, 302)
+    assert [a.outcome for a in result.attempts] == [Cause.UNUSABLE.value], "one attempt: nothing followed"
+
+
+def test_a_redirected_charge_is_not_followed_and_is_unknown(fake_provider: FakeProvider) -> None:
+    key = f"redirected-{uuid.uuid4()}"
+    fake_provider.inject({"kind": "redirect"})
+
+    result = charge(key)
+
+    assert (result.outcome, result.code, result.http_status) == (Outcome.UNKNOWN, Cause.UNUSABLE.value, 302)
+
+
+@pytest.mark.parametrize("route_error", ["proxy_404", "wrong_path"])
+def test_a_404_on_the_charge_route_is_misconfigured(
+    fake_provider: FakeProvider, settings: Any, route_error: str
+) -> None:
+    if route_error == "proxy_404":
+        fake_provider.inject({"kind": "proxy_404"})
+    else:
+        settings.PAYMENT_SERVICE_URL = fake_provider.url.replace("/v1/charges", "/v1/charge")
+
+    result = charge(f"route-{uuid.uuid4()}")
+
+    assert (result.outcome, result.code, result.http_status) == (
+        Outcome.MISCONFIGURED,
+        Cause.MISCONFIGURED.value,
+        404,
+    )
+    assert fake_provider.total_charges() == 0
+
+
+def test_a_charge_route_404_answers_503_keeps_nothing_and_fails_health(
+    api: APIClient, client: Client, settings: Any, fake_provider: FakeProvider
+) -> None:
+    """What README promises for a route error: 503 provider_misconfigured, nothing kept, an alarm."""
+    settings.METRICS_TOKEN = OPERATOR_TOKEN
+    fake_provider.inject({"kind": "proxy_404"})
+
+    response = api.post(
+        "/api/v1/charges",
+        {"amount": 1999, "currency": "USD", "source": "tok_visa"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="route-error",
+    )
+
+    assert response.status_code == 503, response.content[:300]
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("provider_unavailable", "provider_misconfigured")
+    assert Transaction.objects.count() == 0, "nothing is kept"
+    health = client.get("/health/", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
+    assert health.status_code == 503
+    assert health.json()["checks"]["payment-provider:credentials"][0]["observedValue"] == 404
