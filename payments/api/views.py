@@ -9,13 +9,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payments import selectors, services
 from payments.api import schema
+from payments.api.pagination import ChargePagination
 from payments.api.serializers import (
     ChargeCreateSerializer,
     TransactionDetailSerializer,
@@ -79,10 +79,11 @@ class ChargeListCreateView(APIView):
             ),
             OpenApiParameter(
                 "page",
-                int,
+                {"type": "integer", "minimum": 1},
                 required=False,
-                description=f"1 for the first page (the default), {PageNumberPagination.page_size} charges "
-                "a page; a page below 1 or past the last, or not a number, answers 404 not_found.",
+                description=f"1 for the first page (the default), {ChargePagination.page_size} charges "
+                "a page; a page below 1 or past the last, or anything but ASCII digits (empty included), "
+                "answers 404 not_found.",
             ),
             *schema.headers(retry_after=[503]),
         ],
@@ -93,7 +94,7 @@ class ChargeListCreateView(APIView):
         if status_filter is not None and status_filter not in Transaction.Status.values:
             raise ValidationError({"status": [STATUS_FILTER_ERROR]})
         queryset = selectors.transactions_for_client(client=request.user, status=status_filter)
-        paginator = PageNumberPagination()
+        paginator = ChargePagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(TransactionSerializer(page, many=True).data)
 
