@@ -224,7 +224,8 @@ def test_generated_client_parses_the_provider_outcomes(
     assert declined.error.decline_code == "generic_decline"
     assert declined.transaction.status.value == "declined"
 
-    rejected = create(gen, source="card_4242abcd")
+    fake_provider.inject({"kind": "status", "status": 400})  # what it answers a token it does not know
+    rejected = create(gen)
     assert assert_error(gen, rejected, 422, "provider_rejected", "provider_rejected").error.provider_code
 
     failed = assert_error(gen, create(gen, source="tok_error"), 502, "provider_error", "provider_error")

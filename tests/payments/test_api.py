@@ -73,7 +73,8 @@ def test_declined_card_answers_402_card_error(api: APIClient, source: str, decli
 def test_provider_refusing_the_source_is_final_and_told_apart_from_a_decline(
     api: APIClient, fake_provider: FakeProvider
 ) -> None:
-    response = charge(api, source="card_4242abcd")
+    fake_provider.inject({"kind": "status", "status": 400})  # what it answers a token it does not know
+    response = charge(api)
 
     assert response.status_code == 422
     body = assert_error_body(response, "provider_rejected")
