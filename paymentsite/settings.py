@@ -269,6 +269,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Paymentsite API",
     "DESCRIPTION": "Charge payments through the provider, safely and idempotently.",
     "VERSION": "1.0.0",
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     # /api/docs/ serves Swagger UI's files from drf-spectacular-sidecar, never from a CDN.

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import json
 import re
+import sys
 from typing import Any
 
 from django.conf import settings
@@ -18,7 +18,9 @@ from payments.transitions import NEXT_ACTIONS, next_step
 SOURCE_PATTERN = re.compile(r"^tok_[A-Za-z0-9_\-]{1,251}$")
 METADATA_MAX_KEYS = 20
 METADATA_MAX_KEY_CHARS = 40
-METADATA_MAX_BYTES = 4096
+METADATA_MAX_VALUE_CHARS = 500
+# A number is one a double holds (JSON's numbers have no limit; 1e400 is Python's inf).
+METADATA_MAX_NUMBER = sys.float_info.max
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -51,17 +53,21 @@ class DescriptionField(serializers.CharField):
     pass
 
 
-# OpenAPI 3.0.3, what drf-spectacular emits: no type lists and no propertyNames, so a nullable
-# string or a number or a boolean, and the key length is told in the description.
-@extend_schema_field(
-    {
-        "type": "object",
-        "maxProperties": METADATA_MAX_KEYS,
-        "additionalProperties": {
-            "oneOf": [{"type": "string", "nullable": True}, {"type": "number"}, {"type": "boolean"}]
-        },
-    }
-)
+# Every limit validate_metadata enforces, as JSON Schema (OpenAPI 3.1) says it.
+METADATA_SCHEMA = {
+    "type": "object",
+    "maxProperties": METADATA_MAX_KEYS,
+    "propertyNames": {"maxLength": METADATA_MAX_KEY_CHARS},
+    "additionalProperties": {
+        "type": ["string", "number", "boolean", "null"],
+        "maxLength": METADATA_MAX_VALUE_CHARS,
+        "minimum": -METADATA_MAX_NUMBER,
+        "maximum": METADATA_MAX_NUMBER,
+    },
+}
+
+
+@extend_schema_field(METADATA_SCHEMA)
 class MetadataField(serializers.JSONField):
     pass
 
@@ -83,7 +89,7 @@ class ChargeCreateSerializer(serializers.Serializer):
         default=dict,
         help_text=(
             f"At most {METADATA_MAX_KEYS} keys of at most {METADATA_MAX_KEY_CHARS} characters; values are "
-            f"strings, numbers, booleans or null; at most {METADATA_MAX_BYTES} bytes as JSON."
+            f"strings of at most {METADATA_MAX_VALUE_CHARS} characters, numbers, booleans or null."
         ),
     )
 
@@ -110,8 +116,16 @@ class ChargeCreateSerializer(serializers.Serializer):
                 raise serializers.ValidationError(f"Keys are at most {METADATA_MAX_KEY_CHARS} characters.")
             if not isinstance(item, str | int | float | bool) and item is not None:
                 raise serializers.ValidationError("Values must be strings, numbers, booleans or null.")
-        if len(json.dumps(value).encode()) > METADATA_MAX_BYTES:
-            raise serializers.ValidationError(f"At most {METADATA_MAX_BYTES} bytes.")
+            if isinstance(item, str) and len(item) > METADATA_MAX_VALUE_CHARS:
+                raise serializers.ValidationError(
+                    f"String values are at most {METADATA_MAX_VALUE_CHARS} characters."
+                )
+            if (
+                isinstance(item, int | float)
+                and not isinstance(item, bool)
+                and abs(item) > METADATA_MAX_NUMBER
+            ):
+                raise serializers.ValidationError("Numbers are at most 1.7976931348623157e308 in size.")
         return value
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:

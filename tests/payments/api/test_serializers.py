@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import pytest
+from openapi_schema_validator import OAS31Validator
 from rest_framework.test import APIClient
 
 from fakeprovider import FakeProvider
@@ -62,3 +63,43 @@ def test_the_schema_admits_tokens(api: APIClient, source: str) -> None:
 
     assert matches(source_schema["pattern"], source)
     assert len(source) <= source_schema["maxLength"]
+
+
+def metadata_schema_admits(api: APIClient, metadata: Any) -> bool:
+    return OAS31Validator(request_schema(api)["metadata"]).is_valid(metadata)
+
+
+WITHIN = [
+    {f"key{i:02}": "v" * 500 for i in range(20)},  # 20 keys, each value at its longest: over 4 KiB in all
+    {"k" * 40: None, "n": -1.5, "big": 2**63, "yes": True, "": ""},
+]
+BEYOND = [
+    ({f"k{i}": "v" for i in range(21)}, "21 keys"),
+    ({"k" * 41: "v"}, "a 41-character key"),
+    ({"k": "v" * 501}, "a 501-character value"),
+    ({"k": 10**309}, "a number no double holds"),
+    ({"k": {"nested": 1}}, "an object value"),
+    ({"k": [1]}, "a list value"),
+]
+
+
+@pytest.mark.parametrize("metadata", WITHIN, ids=["20 longest values", "edge values"])
+def test_metadata_within_the_schemas_limits_is_accepted(api: APIClient, metadata: dict[str, Any]) -> None:
+    assert metadata_schema_admits(api, metadata)
+
+    response = charge(api, metadata=metadata)
+
+    assert response.status_code == 201, response.content
+    assert response.json()["metadata"] == metadata
+
+
+@pytest.mark.parametrize(("metadata", "why"), BEYOND, ids=[why for _, why in BEYOND])
+def test_metadata_beyond_the_schemas_limits_is_refused_by_both(
+    api: APIClient, fake_provider: FakeProvider, metadata: dict[str, Any], why: str
+) -> None:
+    assert not metadata_schema_admits(api, metadata), why
+
+    response = charge(api, metadata=metadata)
+
+    assert "metadata" in error_of(response, 400, "invalid_request")["error"]["fields"], why
+    assert fake_provider.total_charges() == 0
