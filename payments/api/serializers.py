@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
@@ -21,6 +22,43 @@ METADATA_MAX_KEY_CHARS = 40
 METADATA_MAX_VALUE_CHARS = 500
 # A number is one a double holds (JSON's numbers have no limit; 1e400 is Python's inf).
 METADATA_MAX_NUMBER = sys.float_info.max
+UNSTORABLE_TEXT = (
+    "`{path}` contains text that cannot be stored (a lone surrogate such as \\udfff); send valid Unicode."
+)
+
+
+def _unstorable(value: Any, path: str) -> Iterator[str]:
+    """The paths (`metadata.order`) of the strings, keys included, that no UTF-8 column can store.
+
+    JSON's `"\\udfff"` escape reaches Python as a lone surrogate, which has no UTF-8 form: MariaDB's
+    JSON check refuses it, no driver can send it in a text column, and no answer could echo it. It
+    is the only such text (NUL is storable; DRF refuses it in CharFields anyway).
+    """
+    if isinstance(value, str):
+        if not _is_storable(value):
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{_printable(key)}" if path else _printable(key)
+            if not _is_storable(str(key)):
+                yield name
+            yield from _unstorable(item, name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unstorable(item, f"{path}[{index}]")
+
+
+def _is_storable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(key: Any) -> str:
+    """A key as an error message may show it: a lone surrogate as its escape (`\\udfff`)."""
+    return str(key).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -89,7 +127,8 @@ class ChargeCreateSerializer(serializers.Serializer):
         default=dict,
         help_text=(
             f"At most {METADATA_MAX_KEYS} keys of at most {METADATA_MAX_KEY_CHARS} characters; values are "
-            f"strings of at most {METADATA_MAX_VALUE_CHARS} characters, numbers, booleans or null."
+            f"strings of at most {METADATA_MAX_VALUE_CHARS} characters, numbers, booleans or null. Keys "
+            "and text must be valid Unicode (no lone surrogates such as \\udfff)."
         ),
     )
 
@@ -130,6 +169,12 @@ class ChargeCreateSerializer(serializers.Serializer):
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         if isinstance(data, dict):
+            refused: dict[str, list[str]] = {}
+            for field, value in data.items():
+                for path in _unstorable({field: value}, ""):
+                    refused.setdefault(_printable(field), []).append(UNSTORABLE_TEXT.format(path=path))
+            if refused:
+                raise serializers.ValidationError(refused)
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})

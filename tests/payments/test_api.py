@@ -256,6 +256,38 @@ def test_invalid_input_is_rejected_and_writes_nothing(
     assert fake_provider.total_charges() == 0
 
 
+# JSON's "\udfff" escape is a lone surrogate in Python: no UTF-8 column can store it (MariaDB's JSON
+# check refuses the insert) and no answer can echo it.
+@pytest.mark.parametrize(
+    ("fields", "field", "path"),
+    [
+        ('"metadata": {"order": "A-\\udfff"}', "metadata", "metadata.order"),
+        ('"metadata": {"order\\udfff": "A-1"}', "metadata", "metadata.order\\udfff"),
+        ('"metadata": {"lines": [{"sku": "\\ud800"}]}', "metadata", "metadata.lines[0].sku"),
+        ('"description": "Order \\udfff"', "description", "description"),
+        ('"\\udfff": 1', "\\udfff", "\\udfff"),
+    ],
+)
+@pytest.mark.parametrize("key", [None, "order-surrogate"])
+def test_text_that_cannot_be_stored_is_a_400_naming_the_field_and_writes_nothing(
+    api: APIClient, fake_provider: FakeProvider, fields: str, field: str, path: str, key: str | None
+) -> None:
+    body = '{"amount": 1999, "currency": "USD", "source": "tok_visa", ' + fields + "}"
+    headers = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+
+    response = api.post("/api/v1/charges", body, content_type="application/json", **headers)
+
+    assert response.status_code == 400, response.content
+    error = assert_error_body(response, "invalid_request")["error"]
+    assert error["code"] == "invalid_fields"
+    [message] = error["fields"][field]
+    assert message.startswith(f"`{path}` contains text that cannot be stored"), message
+    assert Transaction.objects.count() == 0
+    assert fake_provider.total_charges() == 0
+    if key:  # the key is free: the corrected request is charged, not answered 409 for ever
+        assert charge(api, key=key).status_code == 201
+
+
 def test_body_that_is_not_json_is_415(api: APIClient) -> None:
     response = api.post("/api/v1/charges", "amount=1999", content_type="application/x-www-form-urlencoded")
 
