@@ -81,6 +81,8 @@ MIDDLEWARE = [
     "health.middleware.RequestMetricsMiddleware",
     # Before anything that validates the Host header: probes send the pod IP.
     "health.middleware.ProbeMiddleware",
+    # Under /api/: a refused Host or a path no pattern matches answers the API's JSON error, not HTML.
+    "payments.api.middleware.APIErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
