@@ -3,6 +3,7 @@ and the safe next step, taken only through the services the API and the commands
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -37,8 +38,10 @@ from payments.errors import PaymentError
 from payments.models import Transaction
 from payments.services import ActionOutcome, ActionResult
 
-# Each retry or lookup is a provider call made while the support user waits.
+# Each retry or lookup is a provider call made while the support user waits; every bulk action
+# (retry, reconcile, cancel) takes at most this many rows at a time, checked in `bulk_action`.
 ACTION_MAX_ROWS = 50
+TOO_MANY_ROWS = f"Select at most {ACTION_MAX_ROWS} payments; use the management commands for more."
 # The list must fit a 1366 px screen: the navigation sidebar would take 275 px of it, to
 # list the one model support works with (Home and the breadcrumbs lead there too).
 admin.site.enable_nav_sidebar = False
@@ -60,6 +63,30 @@ RESULT_LEVEL = {
     ActionOutcome.NOT_CHARGED: messages.INFO,
     ActionOutcome.ERROR: messages.ERROR,
 }
+
+
+BulkAction = Callable[["TransactionAdmin", HttpRequest, QuerySet[Transaction]], TemplateResponse | None]
+
+
+def bulk_action(*, description: str, permissions: list[str]) -> Callable[[BulkAction], BulkAction]:
+    """An admin action on the selected rows, refused with one message above ACTION_MAX_ROWS.
+
+    The one check for every bulk action, at every step (Cancel…'s confirmation and its apply).
+    """
+
+    def decorate(action: BulkAction) -> BulkAction:
+        @functools.wraps(action)
+        def bounded(
+            model_admin: TransactionAdmin, request: HttpRequest, queryset: QuerySet[Transaction]
+        ) -> TemplateResponse | None:
+            if queryset.count() > ACTION_MAX_ROWS:
+                model_admin.message_user(request, TOO_MANY_ROWS, messages.ERROR)
+                return None
+            return action(model_admin, request, queryset)
+
+        return admin.action(description=description, permissions=permissions)(bounded)
+
+    return decorate
 
 
 @admin.register(Transaction)
@@ -278,7 +305,7 @@ class TransactionAdmin(admin.ModelAdmin):
         if result.outcome != ActionOutcome.SKIPPED:
             self.log_change(request, txn, f"{verb}: {result.outcome}. {result.detail}".strip())
 
-    @admin.action(description="Retry selected", permissions=["retry"])
+    @bulk_action(description="Retry selected", permissions=["retry"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[Transaction]) -> None:
         actor = request.user.get_username()
         self._run_action(
@@ -288,7 +315,7 @@ class TransactionAdmin(admin.ModelAdmin):
             action=lambda txn: services.charge_retry(transaction_id=txn.pk, actor=actor),
         )
 
-    @admin.action(description="Reconcile with provider", permissions=["retry"])
+    @bulk_action(description="Reconcile with provider", permissions=["retry"])
     def reconcile_selected(self, request: HttpRequest, queryset: QuerySet[Transaction]) -> None:
         actor = request.user.get_username()
         self._run_action(
@@ -306,14 +333,7 @@ class TransactionAdmin(admin.ModelAdmin):
         verb: str,
         action: Callable[[Transaction], ActionResult],
     ) -> None:
-        selected = list(queryset[: ACTION_MAX_ROWS + 1])
-        if len(selected) > ACTION_MAX_ROWS:
-            self.message_user(
-                request,
-                f"Select at most {ACTION_MAX_ROWS} payments; use the management commands for more.",
-                messages.ERROR,
-            )
-            return
+        selected = list(queryset)  # at most ACTION_MAX_ROWS: see bulk_action
         counts: Counter[str] = Counter()
         for txn in selected:
             result = action(txn)
@@ -326,7 +346,7 @@ class TransactionAdmin(admin.ModelAdmin):
         level = messages.SUCCESS if worked and worked == counts[ActionOutcome.SUCCEEDED] else messages.WARNING
         self.message_user(request, f"{verb} selected: {summary}.", level)
 
-    @admin.action(description="Cancel…", permissions=["cancel"])
+    @bulk_action(description="Cancel…", permissions=["cancel"])
     def cancel_selected(
         self, request: HttpRequest, queryset: QuerySet[Transaction]
     ) -> TemplateResponse | None:

@@ -17,6 +17,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from fakeprovider import FakeProvider
+from payments.admin.transaction import ACTION_MAX_ROWS, TransactionAdmin
 from payments.models import PaymentAttempt, Transaction
 from payments.services import SUPPORT_GROUP_NAME
 from tests.support.factories import charge, failed, shop, stale_pending, unknown
@@ -297,6 +298,49 @@ def test_cancel_asks_for_a_reason_then_cancels_and_logs_it(support: Client) -> N
     assert Transaction.objects.get(pk=in_flight.pk).status == Status.PENDING
     entry = LogEntry.objects.get(user__username="alice")
     assert (entry.object_id, entry.change_message) == (str(txn.pk), "Canceled: Paid by bank transfer")
+
+
+@pytest.mark.parametrize(
+    ("action", "extra"),
+    [
+        ("retry_selected", {}),
+        ("reconcile_selected", {}),
+        ("cancel_selected", {}),  # the confirmation page
+        (
+            "cancel_selected",
+            {"apply": "yes", "reason": "Paid by bank transfer"},
+        ),  # its apply, posted directly
+    ],
+)
+def test_every_bulk_action_refuses_more_than_50_rows_with_one_message_and_changes_nothing(
+    support: Client, fake_provider: FakeProvider, action: str, extra: dict[str, str]
+) -> None:
+    assert set(TransactionAdmin.actions) == {"retry_selected", "reconcile_selected", "cancel_selected"}, (
+        "a new bulk action needs a row here"
+    )
+    rows = [failed() for _ in range(ACTION_MAX_ROWS + 1)] + [unknown()]
+    before = sorted(Transaction.objects.values_list("pk", "status", "updated_at"))
+
+    refused = act(support, action, *rows[1:], query="?status=all", **extra)
+    across = act(support, action, rows[0], query="?status=all", select_across="1", **extra)
+
+    for response in (refused, across):
+        assert messages_of(response) == [
+            f"Select at most {ACTION_MAX_ROWS} payments; use the management commands for more."
+        ]
+        assert response.templates[0].name == "admin/change_list.html"
+    assert sorted(Transaction.objects.values_list("pk", "status", "updated_at")) == before
+    assert fake_provider.total_charges() == 0
+    assert not LogEntry.objects.exists()
+
+
+def test_cancel_takes_50_rows(support: Client) -> None:
+    rows = [failed() for _ in range(ACTION_MAX_ROWS)]
+
+    done = act(support, "cancel_selected", *rows, apply="yes", reason="Paid by bank transfer")
+
+    assert messages_of(done) == [f"Canceled {ACTION_MAX_ROWS} payment(s); 0 skipped."]
+    assert set(Transaction.objects.values_list("status", flat=True)) == {Status.CANCELED}
 
 
 def test_staff_user_without_the_retry_permission_cannot_run_the_action(
