@@ -3,7 +3,8 @@
 Hypothesis drives random sequences of what callers, support and the scheduled commands do,
 over real HTTP (Django's live server) against the fake provider and the real database (MariaDB
 in CI), while injecting provider faults (held answers, requests still in flight, dropped
-connections, 5xx, 429, 409, garbage answers), database faults (before the insert, during
+connections, 5xx, 429, 409, garbage answers, answers trickled past the deadline, proxies' HTML
+404s and redirects, charges that lookups see only later), database faults (before the insert, during
 settle) and crashes (a request stopped between the provider call and settle, as a killed
 process would be). After every step, and at quiescence (faults off, the in-flight window
 passed, reconcile_payments run with the provider healthy), it checks:
@@ -83,6 +84,17 @@ PROVIDER_FAULTS = [
     {"kind": "garbage", "variant": "long_id"},
     {"kind": "garbage", "variant": "deep_json"},
     {"kind": "garbage", "variant": "bad_status"},
+    {"kind": "trickle", "ms": 40},  # charged, the answer a byte at a time past any deadline
+    {"kind": "proxy_404"},  # a proxy's HTML 404: not the provider's word
+    {"kind": "redirect"},  # a 302 elsewhere: never followed, never proof
+    {"kind": "delayed_commit", "ms": 300},  # lookups see the charge only 300 ms after it was sent
+]
+LOOKUP_FAULTS = [
+    None,
+    {"kind": "status", "status": 503, "on": "lookup"},
+    {"kind": "proxy_404", "on": "lookup"},
+    {"kind": "redirect", "on": "lookup"},
+    {"kind": "trickle", "ms": 40, "on": "lookup"},
 ]
 SERVICE_FAULTS = [None, "db_before_insert", "db_settle", "crash_before_call", "crash_after_call"]
 
@@ -220,11 +232,12 @@ class PaymentsMachine(RuleBasedStateMachine):
             self.answers.append(recorded)
             self._check_answer(recorded)
 
-    @rule(lookup_fault=st.sampled_from([None, {"kind": "status", "status": 503, "on": "lookup"}]))
+    @rule(lookup_fault=st.sampled_from(LOOKUP_FAULTS))
     def reconcile(self, lookup_fault: dict | None) -> None:
         REPORT.steps += 1
         if lookup_fault:
             self.provider.inject(lookup_fault)
+            REPORT.faults[f"lookup:{lookup_fault['kind']}"] += 1
         _run_command("reconcile_payments")
         self.provider.clear_faults()
 
