@@ -70,15 +70,24 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictCharField(serializers.CharField):
+    """A JSON string only: 5 and true are refused, not read as "5" and "True"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 # The schema states what validation accepts, so that a schema-valid request is a valid one (the
 # fuzz test in tests/test_fuzz_api.py holds the API to its schema).
 @extend_schema_field({"type": "string", "enum": sorted(MINOR_UNIT_DIGITS)})
-class CurrencyField(serializers.CharField):
+class CurrencyField(StrictCharField):
     pass
 
 
 @extend_schema_field({"type": "string", "pattern": SOURCE_PATTERN.pattern, "maxLength": 255})
-class SourceField(serializers.CharField):
+class SourceField(StrictCharField):
     pass
 
 
@@ -87,7 +96,7 @@ DESCRIPTION_SCHEMA = {"type": "string", "pattern": "^[^\\x00]*$", "maxLength": 5
 
 
 @extend_schema_field(DESCRIPTION_SCHEMA)
-class DescriptionField(serializers.CharField):
+class DescriptionField(StrictCharField):
     pass
 
 
@@ -116,7 +125,8 @@ class ChargeCreateSerializer(serializers.Serializer):
         max_value=settings.PAYMENT_MAX_AMOUNT,
         help_text="In the currency's minor unit: 1999 = 19.99 USD.",
     )
-    currency = CurrencyField(help_text="ISO 4217 code, for example USD.")
+    # Exactly one of the schema's codes: " usd" is not one of them.
+    currency = CurrencyField(trim_whitespace=False, help_text="ISO 4217 code, for example USD.")
     # Not trimmed: "tok_visa\n" is not a token, for the schema's pattern either.
     source = SourceField(
         max_length=255, trim_whitespace=False, help_text="A card token, for example tok_visa."
@@ -133,12 +143,13 @@ class ChargeCreateSerializer(serializers.Serializer):
     )
 
     def validate_currency(self, value: str) -> str:
-        code = value.strip().upper()
-        if not re.fullmatch(r"[A-Z]{3}", code):
-            raise serializers.ValidationError("Must be a three-letter ISO 4217 code.")
-        if code not in MINOR_UNIT_DIGITS:
-            raise serializers.ValidationError(f"Currency {code} is not supported.")
-        return code
+        if not re.fullmatch(r"[A-Z]{3}", value):
+            raise serializers.ValidationError(
+                "Must be a three-letter ISO 4217 code in capitals, such as USD."
+            )
+        if value not in MINOR_UNIT_DIGITS:
+            raise serializers.ValidationError(f"Currency {value} is not supported.")
+        return value
 
     def validate_source(self, value: str) -> str:
         if not SOURCE_PATTERN.fullmatch(value):

@@ -22,9 +22,12 @@ def matches(pattern: str, text: str) -> bool:
     return re.fullmatch(pattern[1:-1], text) is not None
 
 
+def request_schema_components(api: APIClient) -> dict[str, Any]:
+    return api.get("/api/schema/?format=json").json()["components"]["schemas"]
+
+
 def request_schema(api: APIClient) -> dict[str, Any]:
-    schema = api.get("/api/schema/?format=json").json()
-    return schema["components"]["schemas"]["ChargeCreateRequest"]["properties"]
+    return request_schema_components(api)["ChargeCreateRequest"]["properties"]
 
 
 # Each of these the provider can never accept: its contract takes `tok_…` tokens only.
@@ -103,3 +106,32 @@ def test_metadata_beyond_the_schemas_limits_is_refused_by_both(
 
     assert "metadata" in error_of(response, 400, "invalid_request")["error"]["fields"], why
     assert fake_provider.total_charges() == 0
+
+
+NOT_STRINGS = [
+    ("description", 5),
+    ("description", True),
+    ("description", 1.5),
+    ("source", 42),
+    ("currency", 840),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), NOT_STRINGS)
+def test_a_text_field_that_is_not_a_json_string_is_refused(
+    api: APIClient, fake_provider: FakeProvider, field: str, value: Any
+) -> None:
+    response = charge(api, **{field: value})
+
+    assert field in error_of(response, 400, "invalid_request")["error"]["fields"]
+    assert Transaction.objects.count() == 0
+
+
+@pytest.mark.parametrize("currency", ["usd", "Usd", " USD", "USD ", "USD\n"])
+def test_a_currency_that_is_not_one_of_the_schemas_codes_is_refused(api: APIClient, currency: str) -> None:
+    assert currency not in request_schema_components(api)["CurrencyEnum"]["enum"]
+
+    response = charge(api, currency=currency)
+
+    assert "currency" in error_of(response, 400, "invalid_request")["error"]["fields"]
+    assert Transaction.objects.count() == 0
