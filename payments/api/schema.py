@@ -100,7 +100,8 @@ ERROR_STATUSES = {
     403: "permission_error: this account may not take payments.",
     404: "not_found: no such charge for this client, or no such page.",
     409: "idempotency_error / request_in_progress (send again after Retry-After) or "
-    "idempotency_key_reused; charge_canceled; invalid_request / not_cancelable.",
+    "idempotency_key_reused (transaction is null: this request was not sent and nothing of it was "
+    "kept); charge_canceled; invalid_request / not_cancelable.",
     413: f"payload_too_large: the body is over {settings.API_MAX_BODY_BYTES // 1024} KiB.",
     415: "unsupported_media_type: the body is not application/json.",
     422: "provider_rejected: the provider refused the payment's details; nothing was charged "

@@ -132,7 +132,9 @@ def _insert_pending(
 
 def _resume(txn: Transaction, fingerprint: str) -> Charged:
     if txn.request_fingerprint != fingerprint:
-        raise IdempotencyConflict(transaction=txn)
+        # Not the first request's payment: this request was not sent and nothing of it was kept
+        # (the answers table's status "-"); its transaction would read as this one's outcome.
+        raise IdempotencyConflict()
     sendable = txn.status in (Status.FAILED, Status.UNKNOWN) and transitions.attempts_left(txn)
     if not (sendable or transitions.abandoned(txn, now=timezone.now())):
         return raise_for_status(txn, replayed=True)
