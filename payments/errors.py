@@ -6,12 +6,10 @@ transaction); payments.api.exceptions renders them as HTTP, in one place.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from payments import outcomes
-
-if TYPE_CHECKING:
-    from payments.models import Transaction
+from payments import outcomes, transitions
+from payments.models import Transaction
 
 
 class PaymentError(Exception):
@@ -107,3 +105,28 @@ class DatabaseBusy(PaymentError):
 class DatabaseUnavailable(PaymentError):
     answer_name = "database_unavailable"
     retry_after_s = 1
+
+
+def error_for(txn: Transaction, *, replayed: bool = False) -> PaymentError | None:
+    """The answer the API gives for this transaction as it stands, as its row of
+    payments.outcomes: None once succeeded. The charge's answer and the transaction's own
+    `error` (payments.api.serializers) are both this, so they speak one vocabulary."""
+    Status = Transaction.Status
+    if txn.status == Status.SUCCEEDED:
+        return None
+    if txn.status == Status.DECLINED and txn.error_type == Transaction.ErrorType.PROVIDER_REJECTED:
+        # error_code is the provider's reason, when it gave one.
+        reason = {"provider_code": txn.error_code} if txn.error_code else {}
+        return ProviderRejected(transaction=txn, replayed=replayed, extra=reason)
+    if txn.status == Status.DECLINED:
+        return CardDeclined(transaction=txn, replayed=replayed, extra={"decline_code": txn.error_code})
+    if txn.status == Status.CANCELED:
+        return ChargeCanceled(transaction=txn, replayed=replayed)
+    if txn.status == Status.PENDING:
+        return RequestInProgress(transaction=txn)
+    if txn.status == Status.UNKNOWN:
+        return OutcomeUnknown(code=txn.error_code or "interrupted", transaction=txn, replayed=replayed)
+    if transitions.next_step(txn)["action"] == "review":
+        # Tries spent, or flagged by support: nothing will send it again on its own.
+        return NeedsReview(transaction=txn, replayed=replayed)
+    return RetryScheduled(code=txn.error_code or "provider_error", transaction=txn, replayed=replayed)

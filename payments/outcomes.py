@@ -72,7 +72,10 @@ ANSWERS: tuple[Answer, ...] = (
         http_status=422,
         retryable=False,
         charged=NO,
-        next_step="Nothing: final. Sending the same request again cannot succeed.",
+        next_step=(
+            "Nothing: final. `error.provider_code` is the provider's reason, when it gave one; "
+            "sending the same request again cannot succeed."
+        ),
         message="The payment provider refused this payment's details. Nothing was charged.",
         page="The payment provider refused these card details. You have not been charged.",
     ),

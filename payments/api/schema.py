@@ -31,7 +31,8 @@ ErrorResponse = inline_serializer(
                     required=False, help_text="card_error only: why the card was declined."
                 ),
                 "provider_code": serializers.CharField(
-                    required=False, help_text="provider_rejected only: the provider's reason."
+                    required=False,
+                    help_text="provider_rejected only: the provider's reason, when it gave one.",
                 ),
                 "fields": serializers.DictField(
                     child=serializers.ListField(child=serializers.CharField()),
@@ -40,7 +41,11 @@ ErrorResponse = inline_serializer(
                 ),
             },
         ),
-        "transaction": TransactionSerializer(allow_null=True),
+        "transaction": TransactionSerializer(
+            allow_null=True,
+            help_text="The payment the answer is about (its `error` is this answer's type, code and "
+            "message), or null when there is none.",
+        ),
     },
 )
 

@@ -11,6 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from payments.currencies import MINOR_UNIT_DIGITS
+from payments.errors import error_for
 from payments.models import PaymentAttempt, Transaction
 from payments.transitions import NEXT_ACTIONS, next_step
 
@@ -209,9 +210,18 @@ class ChargeCreateSchema(OpenApiSerializerExtension):
 
 
 class ErrorSerializer(serializers.Serializer):
+    """A transaction's `error`: the type, code and message the API answers for it (the error
+    body's `error`, without what belongs to one response: retryable and request_id)."""
+
     type = serializers.CharField()
     code = serializers.CharField()
     message = serializers.CharField()
+    decline_code = serializers.CharField(
+        required=False, help_text="card_error only: why the card was declined."
+    )
+    provider_code = serializers.CharField(
+        required=False, help_text="provider_rejected only: the provider's reason, when it gave one."
+    )
 
 
 class NextStepSerializer(serializers.Serializer):
@@ -264,9 +274,12 @@ class TransactionSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(ErrorSerializer(allow_null=True))
     def get_error(self, txn: Transaction) -> dict[str, str] | None:
-        if not txn.error_type:
+        """Null once succeeded and while a request is working on it; else its row of the answers
+        table, as the charge answered it (payments.errors.error_for), so the two never differ."""
+        error = None if txn.status == Transaction.Status.PENDING else error_for(txn)
+        if error is None:
             return None
-        return {"type": txn.error_type, "code": txn.error_code, "message": txn.error_message}
+        return {"type": error.error_type, "code": error.code, "message": error.message, **error.extra}
 
 
 class PaymentAttemptSerializer(serializers.ModelSerializer):

@@ -54,8 +54,11 @@ def _json_object(response: requests.Response) -> dict[str, Any] | None:
 
 
 def cause_of_answer(result: ProviderResult) -> Cause:
-    """The last attempt's cause: a checked answer's code names it, but a decline's is its reason."""
-    return Cause.DECLINED if result.outcome == Outcome.DECLINED else Cause(result.code)
+    """The last attempt's cause: a checked answer's code names it, but a decline's or a
+    refusal's is the provider's reason."""
+    if result.outcome == Outcome.DECLINED:
+        return Cause.DECLINED
+    return Cause.REJECTED if result.outcome == Outcome.REJECTED else Cause(result.code)
 
 
 def _unusable(http_status: int, why: str) -> ProviderResult:
@@ -117,8 +120,15 @@ def result_from_response(response: requests.Response, *, kind: str = CHARGE) -> 
         return _unusable(http_status, f"HTTP {http_status}: the provider holds this key with another request")
     message = describe(cause, http_status)
     if cause == Cause.REJECTED:
+        # The code is the provider's reason ("" if it gave none), as a decline's is: the API
+        # answers provider_rejected and shows this as error.provider_code.
         provider_code = _safe_code(error.get("code") or error.get("type"))
-        message = f"The provider refused the request ({provider_code or f'HTTP {http_status}'})."
+        return ProviderResult(
+            outcome=Outcome.REJECTED,
+            http_status=http_status,
+            code=provider_code,
+            message=f"The provider refused the request ({provider_code or f'HTTP {http_status}'}).",
+        )
     retry_after = response.headers.get("Retry-After", "")
     return ProviderResult(
         outcome=CAUSES[cause][0],

@@ -25,15 +25,11 @@ from core.events import log_event
 from core.logs.request_id import current_request_id
 from payments import failpoints, provider, selectors, transitions
 from payments.errors import (
-    CardDeclined,
-    ChargeCanceled,
     IdempotencyConflict,
-    NeedsReview,
     OutcomeUnknown,
-    ProviderRejected,
     ProviderUnavailable,
     RequestInProgress,
-    RetryScheduled,
+    error_for,
 )
 from payments.models import Transaction, mask_source
 from payments.provider import Outcome, ProviderResult
@@ -239,19 +235,8 @@ def _unsend(txn: Transaction, *, previous: Transaction | None, result: ProviderR
 
 def raise_for_status(txn: Transaction, *, replayed: bool = False) -> Charged:
     """Turn a transaction into the API's answer: itself, or the typed error of its row in
-    payments.outcomes."""
-    if txn.status == Status.SUCCEEDED:
-        return Charged(transaction=txn, replayed=replayed)
-    if txn.status == Status.DECLINED and txn.error_type == Transaction.ErrorType.PROVIDER_REJECTED:
-        raise ProviderRejected(transaction=txn, replayed=replayed, extra={"provider_code": txn.error_code})
-    if txn.status == Status.DECLINED:
-        raise CardDeclined(transaction=txn, replayed=replayed, extra={"decline_code": txn.error_code})
-    if txn.status == Status.CANCELED:
-        raise ChargeCanceled(transaction=txn, replayed=replayed)
-    if txn.status == Status.PENDING:
-        raise RequestInProgress(transaction=txn)
-    if txn.status == Status.UNKNOWN:
-        raise OutcomeUnknown(code=txn.error_code or "interrupted", transaction=txn, replayed=replayed)
-    if txn.next_retry_at is None or not transitions.attempts_left(txn):
-        raise NeedsReview(transaction=txn, replayed=replayed)
-    raise RetryScheduled(code=txn.error_code or "provider_error", transaction=txn, replayed=replayed)
+    payments.outcomes (payments.errors.error_for)."""
+    error = error_for(txn, replayed=replayed)
+    if error is not None:
+        raise error
+    return Charged(transaction=txn, replayed=replayed)

@@ -250,10 +250,8 @@
     }
     const error = (body && body.error) || {};
     const txn = (body && body.transaction) || null;
-    let name = answerNameFor(error);
-    if (name === "retry_scheduled" && !(txn && txn.next_step && txn.next_step.action === "retry")) {
-      name = "needs_review"; // not charged, and nothing will send it again
-    }
+    // The service answers needs_review itself whenever nothing will send the payment again.
+    const name = answerNameFor(error);
     switch (name) {
       case "declined":
         return view(name, [DECLINE_REASONS[error.decline_code] || ""], { transaction: txn });
