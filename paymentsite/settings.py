@@ -272,6 +272,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Charge payments through the provider, safely and idempotently.",
     "VERSION": "1.0.0",
     "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "payments.api.schema.add_links",
+    ],
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     # /api/docs/ serves Swagger UI's files from drf-spectacular-sidecar, never from a CDN.

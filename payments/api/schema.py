@@ -1,10 +1,13 @@
 """The OpenAPI declarations the API's views share: the error body, the page of charges, the
-response headers, and what each error status means. drf-spectacular reads them."""
+response headers, what each error status means, the examples and the links between the
+operations. drf-spectacular reads them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
 from payments import outcomes
@@ -125,3 +128,54 @@ def errors(*statuses: int) -> dict[int, OpenApiResponse]:
         code: OpenApiResponse(ErrorResponse, description=ERROR_STATUSES[code])
         for code in sorted({*statuses, *COMMON_ERRORS})
     }
+
+
+# A charge the fake provider (and a provider's test mode) charges: where generated clients and
+# schemathesis start.
+CHARGE_EXAMPLE = OpenApiExample(
+    "A charge that succeeds",
+    summary="19.99 USD with the test card tok_visa",
+    value={
+        "amount": 1999,
+        "currency": "USD",
+        "source": "tok_visa",
+        "description": "Order A-1",
+        "metadata": {"order_id": "A-1", "lines": 2, "gift": False},
+    },
+    request_only=True,
+)
+IDEMPOTENCY_KEY_EXAMPLE = OpenApiExample("One key per order", value="order-A-1")
+
+# Where an answer names a charge: the charge itself (201), or the error body's transaction.
+_CHARGE_ID = {"201": "$response.body#/id"} | {
+    status: "$response.body#/transaction/id" for status in ("402", "422", "502", "504")
+}
+_LINKS = {
+    "charges_retrieve": "Read the charge this answer is about.",
+    "charges_cancel": "Cancel the charge this answer is about (a failed one can be).",
+}
+
+
+def add_links(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """A POSTPROCESSING_HOOKS hook: OpenAPI links from each answer that names a charge to the
+    operations that take its id, and from a page to its first charge (drf-spectacular declares
+    no links; schemathesis's stateful phase follows them)."""
+    operations = {op["operationId"]: op for item in result["paths"].values() for op in item.values()}
+    responses = operations["charges_create"]["responses"]
+    for status, expression in _CHARGE_ID.items():
+        responses[status]["links"] = {
+            f"{target}": {
+                "operationId": target,
+                "parameters": {"transaction_id": expression},
+                "description": description,
+            }
+            for target, description in _LINKS.items()
+        }
+    operations["charges_list"]["responses"]["200"]["links"] = {
+        "charges_retrieve": {
+            "operationId": "charges_retrieve",
+            "parameters": {"transaction_id": "$response.body#/results/0/id"},
+            "description": "Read the newest charge of the page.",
+        }
+    }
+    return result

@@ -82,12 +82,15 @@ class StrictCharField(serializers.CharField):
 
 # The schema states what validation accepts, so that a schema-valid request is a valid one (the
 # fuzz test in tests/test_fuzz_api.py holds the API to its schema).
-@extend_schema_field({"type": "string", "enum": sorted(MINOR_UNIT_DIGITS)})
+@extend_schema_field({"type": "string", "enum": sorted(MINOR_UNIT_DIGITS), "examples": ["USD"]})
 class CurrencyField(StrictCharField):
     pass
 
 
-@extend_schema_field({"type": "string", "pattern": SOURCE_PATTERN.pattern, "maxLength": 255})
+# tok_visa: the test card the fake provider (and a provider's test mode) charges.
+@extend_schema_field(
+    {"type": "string", "pattern": SOURCE_PATTERN.pattern, "maxLength": 255, "examples": ["tok_visa"]}
+)
 class SourceField(StrictCharField):
     pass
 

@@ -107,6 +107,7 @@ class ChargeListCreateView(APIView):
                 location=OpenApiParameter.HEADER,
                 required=False,
                 pattern=f"^[\\x21-\\x7e]{{1,{IDEMPOTENCY_KEY_MAX_CHARS}}}$",
+                examples=[schema.IDEMPOTENCY_KEY_EXAMPLE],
             ),
             *schema.headers(retry_after=[409, 503]),
             OpenApiParameter(
@@ -120,6 +121,7 @@ class ChargeListCreateView(APIView):
             ),
         ],
         responses={201: TransactionSerializer, **schema.errors(400, 402, 409, 413, 415, 422, 502, 504)},
+        examples=[schema.CHARGE_EXAMPLE],
     )
     def post(self, request: Request) -> Response:
         idempotency_key = _idempotency_key(request)

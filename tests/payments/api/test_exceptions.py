@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from fakeprovider import FakeProvider
 from payments import outcomes
 from payments.models import Transaction
-from tests.payments.api.helpers import charge, error_of
+from tests.payments.api.helpers import answer_to, charge, error_of
 
 
 def test_a_reused_key_answers_409_without_the_first_requests_transaction(
@@ -26,27 +26,6 @@ def test_a_reused_key_answers_409_without_the_first_requests_transaction(
     assert outcomes.answer("key_reused").status == "-", "README's table: nothing of this request is kept"
     assert list(Transaction.objects.values_list("amount", flat=True)) == [1999]
     assert fake_provider.total_charges() == 1
-
-
-def answer_to(api: APIClient, fake_provider: FakeProvider, settings: Any, answer: str) -> Any:
-    """A charge that gets this row of the answers table, as the API answers it."""
-    settings.PAYMENT_MAX_RETRIES = 0
-    if answer == "declined":
-        return charge(api, source="tok_chargeDeclined")
-    if answer == "rejected":
-        fake_provider.inject({"kind": "status", "status": 400})  # its error body's code: invalid_request
-        return charge(api)
-    if answer == "outcome_unknown":
-        settings.PAYMENT_TIMEOUT_MS = 200
-        fake_provider.inject({"kind": "hold", "ms": 1000})
-        return charge(api)
-    if answer == "needs_review":
-        settings.PAYMENT_MAX_ATTEMPTS = 1
-    if answer == "canceled":
-        failed = charge(api, key="order-canceled", source="tok_error").json()["transaction"]
-        assert api.post(f"/api/v1/charges/{failed['id']}/cancel").status_code == 200
-        return charge(api, key="order-canceled", source="tok_error")
-    return charge(api, source="tok_error")
 
 
 ANSWERS = {
