@@ -7,7 +7,8 @@ than built on a mock-server library because it must act on the wire: hold an ans
 timeout, or close the TCP connection after acting on a request without answering it.
 
 The contract: `POST /v1/charges` (Bearer key, `Idempotency-Key`, JSON `{amount, currency,
-source, reference, description}`) answers 200 with the charge, 402 with a decline, 400/401 for a
+source, reference, description}`) answers 200 with the charge (`id`, `status`, `amount`,
+`currency`, `reference`, `idempotency_key`, `created`), 402 with a decline, 400/401 for a
 bad request or key, 409 while the same key is still being processed, 429 or 5xx; the same key
 with the same body answers the first final result and never charges again.
 `GET /v1/charges/{key}` answers the charge made with that key, or 404 with the error code
@@ -43,8 +44,12 @@ applies once, first in first out, to the next request that matches it: `"on"` is
         lookups of its key answer 404 resource_missing for 5000 ms after it was made (a commit
         not yet visible); not an answer of its own, the same request goes on under the next
         matching fault (queue it before a `trickle` or `drop_after` for the issue-18 path)
+    {"kind": "other_charge", "variant": "all"}   act normally, then answer 200 `succeeded` for
+        another charge: amount (1 instead of the amount asked), currency (JPY), key (another
+        idempotency_key and reference) or all (the default)
 
-Lookups take `status`, `drop_before`, `hold`, `garbage`, `trickle`, `proxy_404` and `redirect`.
+Lookups take `status`, `drop_before`, `hold`, `garbage`, `trickle`, `proxy_404`, `redirect` and
+`other_charge`.
 Control endpoints (no key needed):
 `GET /_fake/charges` (charges per key), `GET /_fake/ledger` (each charge made, per key),
 `GET|POST|DELETE /_fake/faults` (pending and applied faults; queue `{"faults": [...]}`; clear),

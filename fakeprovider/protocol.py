@@ -35,9 +35,11 @@ DECLINES: dict[str, tuple[str, str]] = {
 FAULT_KINDS_BY_TARGET: dict[str, frozenset[str]] = {
     "charge": frozenset(
         {"hold", "slow", "drop_after", "drop_before", "status", "garbage", "trickle"}
-        | {"proxy_404", "redirect", "delayed_commit"}
+        | {"proxy_404", "redirect", "delayed_commit", "other_charge"}
     ),
-    "lookup": frozenset({"hold", "drop_before", "status", "garbage", "trickle", "proxy_404", "redirect"}),
+    "lookup": frozenset(
+        {"hold", "drop_before", "status", "garbage", "trickle", "proxy_404", "redirect", "other_charge"}
+    ),
 }
 # kind: (required parameters, optional parameters)
 FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -51,6 +53,7 @@ FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "proxy_404": (frozenset(), frozenset()),
     "redirect": (frozenset(), frozenset({"location"})),
     "delayed_commit": (frozenset({"ms"}), frozenset()),
+    "other_charge": (frozenset(), frozenset({"variant"})),
 }
 FAULT_PARAMETER_NAMES = ("ms", "status", "retry_after", "variant", "location")
 STRING_PARAMETERS = frozenset({"variant", "location"})
@@ -66,6 +69,10 @@ FAULT_FIELDS = frozenset({"kind", "on", "key", *FAULT_PARAMETER_NAMES})
 GARBAGE_VARIANTS = frozenset(
     {"not_json", "long_id", "bad_id", "bad_status", "missing_id", "deep_json", "not_object"}
 )
+# What an other_charge answer changes: amount (to 1), currency (to JPY), key (another idempotency
+# key and reference), or all of them.
+OTHER_CHARGE_VARIANTS = frozenset({"amount", "currency", "key", "all"})
+VARIANTS_BY_KIND = {"garbage": GARBAGE_VARIANTS, "other_charge": OTHER_CHARGE_VARIANTS}
 LONG_ID_LENGTH = 300
 DEEP_JSON_DEPTH = 50_000
 
@@ -130,8 +137,8 @@ class Fault:
             raise _InvalidRequestError("Fault 'status' must be an error status, 400 to 599.")
         if self.location is not None and not (isinstance(self.location, str) and self.location):
             raise _InvalidRequestError("Fault 'location' must be a non-empty string.")
-        if self.variant is not None and self.variant not in GARBAGE_VARIANTS:
-            raise _InvalidRequestError(f"Unknown garbage variant {self.variant!r}.")
+        if self.variant is not None and self.variant not in VARIANTS_BY_KIND.get(self.kind, ()):
+            raise _InvalidRequestError(f"Unknown {self.kind} variant {self.variant!r}.")
         if self.key is not None and not (isinstance(self.key, str) and self.key):
             raise _InvalidRequestError("Fault 'key' must be a non-empty string.")
 
@@ -228,6 +235,20 @@ def _redirect(location: str) -> _Response:
     return _Response(302, body, (("Location", location),), content_type="text/html")
 
 
+def _other_charge(variant: str, charge: JsonObject | None) -> _Response:
+    """A 200 `succeeded` answer for another charge than the one asked for."""
+    base: JsonObject = dict(charge) if charge else {"id": f"ch_{secrets.token_hex(12)}", "amount": 1999}
+    base.update(status="succeeded")
+    base.pop("error", None)
+    if variant in ("amount", "all"):
+        base["amount"] = 1
+    if variant in ("currency", "all"):
+        base["currency"] = "USD" if str(base.get("currency", "")).upper() == "JPY" else "JPY"
+    if variant in ("key", "all"):
+        base.update(idempotency_key=f"another-{secrets.token_hex(6)}", reference="another-charge")
+    return _Response(200, base)
+
+
 def _unauthorized() -> _Response:
     body = _error(401, "authentication_error", "Invalid API key provided.").body
     return _Response(401, body, (("WWW-Authenticate", "Bearer"),))
@@ -279,7 +300,7 @@ def _parse_charge_request(raw_body: bytes) -> _ChargeRequest:
     )
 
 
-def _decide(request: _ChargeRequest, attempt: int) -> tuple[_Response, JsonObject | None]:
+def _decide(request: _ChargeRequest, attempt: int, key: str) -> tuple[_Response, JsonObject | None]:
     """The answer to one processing attempt, and the charge record if a charge was made."""
     source = request.source
     if source == "tok_error":
@@ -295,6 +316,7 @@ def _decide(request: _ChargeRequest, attempt: int) -> tuple[_Response, JsonObjec
         "amount": request.amount,
         "currency": request.currency,
         "reference": request.reference,
+        "idempotency_key": key,
         "created": int(time.time()),
     }
     if source in DECLINES:

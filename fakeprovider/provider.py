@@ -28,6 +28,7 @@ from fakeprovider.protocol import (
     _invalid_request,
     _InvalidRequestError,
     _KeyState,
+    _other_charge,
     _parse_charge_request,
     _parse_json_object,
     _proxy_404,
@@ -253,6 +254,8 @@ class FakeProvider:
             return None
         if fault.kind == "hold":
             self._wait_ms(fault.ms or 0)
+        if fault.kind == "other_charge":
+            return _other_charge(fault.variant or "all", self._stored_charge(key) if key else None)
         if fault.kind == "trickle":
             return dataclasses.replace(response, trickle_ms=fault.ms or 1)
         if fault.kind == "garbage":
@@ -311,7 +314,7 @@ class FakeProvider:
 
         # This request owns the key until in_progress is cleared, so state.attempts is stable.
         self._simulate_latency(slow_ms)
-        response, charge = _decide(request, state.attempts)
+        response, charge = _decide(request, state.attempts, key)
         with self._lock:
             # Storing and releasing together: a retry must see either "in progress" or the result.
             # Only final answers are stored; a 429 or 5xx leaves the key free to be retried.

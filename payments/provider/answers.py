@@ -5,11 +5,18 @@ never a failure: the provider may have charged. Absence is proved only by the pr
 typed answer: a 404 with the JSON error code `resource_missing` to a lookup (its documented
 route, no redirect followed). Any other 404 (a proxy's HTML page, a router with no route) says
 nothing about the charge: unknown on a lookup, and on the charge route a misconfigured URL.
+
+A charge in an answer is checked against what was asked (`Asked`): an amount, currency,
+idempotency key or reference that differs is written into `ProviderResult.mismatch` for
+settlement to flag. A charge answer stays what it says (a success is a fact to record); a
+lookup's answer for another key or reference proves nothing about ours, and is unknown.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -20,6 +27,18 @@ CHARGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # The provider's error code for "no charge was made with this key" (its lookup's 404).
 NO_SUCH_CHARGE = "resource_missing"
 CHARGE, LOOKUP = "charge", "lookup"
+MISMATCH_MAX_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a call asked the provider for: an answer is checked against the fields given."""
+
+    kind: str  # CHARGE or LOOKUP
+    provider_key: str
+    amount: int | None = None
+    currency: str | None = None
+    reference: str | None = None
 
 
 def cause_of_status(http_status: int) -> Cause:
@@ -90,29 +109,68 @@ def _answer_to_404(response: requests.Response, error: dict, *, kind: str) -> Pr
     return _unusable(404, "HTTP 404 that is not the provider's typed no-such-charge answer")
 
 
-def result_from_response(response: requests.Response, *, kind: str = CHARGE) -> ProviderResult:
-    """Validate the answer at the boundary: anything we cannot trust is an unknown outcome.
+_SHOWABLE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
-    `kind` is CHARGE (POST to the charge route) or LOOKUP (GET of one key's charge)."""
+
+def _show(value: object) -> str:
+    """A provider's value, fit to log and store (anything odd is not repeated)."""
+    if type(value) is int or (isinstance(value, str) and _SHOWABLE.match(value)):
+        return str(value)
+    return "<unusable>"
+
+
+def mismatch_of(charge: dict[str, Any], asked: Asked) -> tuple[str, bool]:
+    """What in an answer's charge differs from the request, and whether it is another charge's
+    (another idempotency key or reference). Fields the answer leaves out are not checked."""
+    parts: list[str] = []
+    amount, currency = charge.get("amount"), charge.get("currency")
+    amount_differs = (
+        asked.amount is not None
+        and "amount" in charge
+        and not (type(amount) is int and amount == asked.amount)
+    )
+    currency_differs = (
+        asked.currency is not None
+        and "currency" in charge
+        and not (isinstance(currency, str) and currency.upper() == asked.currency.upper())
+    )
+    if amount_differs or currency_differs:
+        shown_currency = _show(currency) if "currency" in charge else "?"
+        parts.append(f"amount {_show(amount)} {shown_currency}, asked {asked.amount} {asked.currency}")
+    other = False
+    if "idempotency_key" in charge and charge["idempotency_key"] != asked.provider_key:
+        parts.append(f"idempotency key {_show(charge['idempotency_key'])}, asked {asked.provider_key}")
+        other = True
+    reference = charge.get("reference")
+    if asked.reference is not None and reference is not None and reference != asked.reference:
+        parts.append(f"reference {_show(reference)}, asked {asked.reference}")
+        other = True
+    return "; ".join(parts)[:MISMATCH_MAX_LENGTH], other
+
+
+def _checked(result: ProviderResult, charge: dict[str, Any], asked: Asked) -> ProviderResult:
+    mismatch, other = mismatch_of(charge, asked)
+    if not mismatch:
+        return result
+    if asked.kind == LOOKUP and other:
+        # Not our charge: whether ours was made, this answer does not say.
+        unknown = _unusable(result.http_status or 200, f"an answer for another charge ({mismatch})")
+        return dataclasses.replace(unknown, mismatch=mismatch)
+    return dataclasses.replace(result, mismatch=mismatch)
+
+
+def result_from_response(response: requests.Response, asked: Asked) -> ProviderResult:
+    """Validate the answer at the boundary: anything we cannot trust is an unknown outcome."""
     http_status = response.status_code
     cause = cause_of_status(http_status)
     data = _json_object(response)
     error = data.get("error") if data and isinstance(data.get("error"), dict) else {}
     if http_status == 404:
-        return _answer_to_404(response, error, kind=kind)
+        return _answer_to_404(response, error, kind=asked.kind)
+    if cause == Cause.SUCCEEDED and data is not None:
+        return _checked(_result_from_charge(http_status, data, error), data, asked)
     if cause == Cause.SUCCEEDED:
-        if data is None:
-            return _unusable(http_status, f"HTTP {http_status} with a body that is not a JSON object")
-        charge_id, charge_status = data.get("id"), data.get("status")
-        if not isinstance(charge_id, str) or not CHARGE_ID_PATTERN.match(charge_id):
-            return _unusable(http_status, f"HTTP {http_status} without a valid charge id")
-        if charge_status == "declined":
-            return _declined(http_status, error, charge_id=charge_id)
-        if charge_status != "succeeded":
-            return _unusable(http_status, f"HTTP {http_status} with an unexpected charge status")
-        return ProviderResult(
-            outcome=Outcome.SUCCEEDED, http_status=http_status, charge_id=charge_id, code=cause.value
-        )
+        return _unusable(http_status, f"HTTP {http_status} with a body that is not a JSON object")
     if cause == Cause.DECLINED:
         return _declined(http_status, error, charge_id="")
     if cause == Cause.REJECTED and error.get("type") == "idempotency_error":
@@ -136,6 +194,20 @@ def result_from_response(response: requests.Response, *, kind: str = CHARGE) -> 
         code=cause.value,
         message=message,
         retry_after_s=int(retry_after) if retry_after.isdigit() else 0,
+    )
+
+
+def _result_from_charge(http_status: int, data: dict[str, Any], error: dict) -> ProviderResult:
+    """A 2xx answer's charge: succeeded or declined, with a valid id; anything else unknown."""
+    charge_id, charge_status = data.get("id"), data.get("status")
+    if not isinstance(charge_id, str) or not CHARGE_ID_PATTERN.match(charge_id):
+        return _unusable(http_status, f"HTTP {http_status} without a valid charge id")
+    if charge_status == "declined":
+        return _declined(http_status, error, charge_id=charge_id)
+    if charge_status != "succeeded":
+        return _unusable(http_status, f"HTTP {http_status} with an unexpected charge status")
+    return ProviderResult(
+        outcome=Outcome.SUCCEEDED, http_status=http_status, charge_id=charge_id, code=Cause.SUCCEEDED.value
     )
 
 

@@ -24,7 +24,7 @@ from django.conf import settings
 
 from core import metrics
 from payments.provider import deadline, misconfiguration
-from payments.provider.answers import CHARGE, LOOKUP, cause_of_answer, result_from_response
+from payments.provider.answers import CHARGE, LOOKUP, Asked, cause_of_answer, result_from_response
 from payments.provider.attempts import (
     CUT_AT_DEADLINE,
     _AttemptRecorder,
@@ -136,7 +136,7 @@ class HttpProvider:
         no attempt starts after the call's deadline, and each is cut at its own bound."""
         return self.settings.deadline_s + self.settings.attempt_deadline_s
 
-    def _send(self, method: str, url: str, *, provider_key: str, body: dict | None) -> ProviderResult:
+    def _send(self, method: str, url: str, *, asked: Asked, body: dict | None) -> ProviderResult:
         recorder = _AttemptRecorder(
             deadline=time.monotonic() + self.settings.deadline_s,
             attempt_bound_s=self.settings.attempt_deadline_s,
@@ -150,7 +150,7 @@ class HttpProvider:
                 method,
                 url,
                 json=body,
-                headers={"Idempotency-Key": provider_key},
+                headers={"Idempotency-Key": asked.provider_key},
                 timeout=(self.settings.connect_timeout_s, self.settings.read_timeout_s),
                 allow_redirects=False,  # a redirect is no answer from the provider (unknown)
             )
@@ -170,7 +170,7 @@ class HttpProvider:
                 outcome=Outcome.UNKNOWN, code=Cause.TIMEOUT.value, message=CUT_AT_DEADLINE
             )
         elif response is not None:
-            result = result_from_response(response, kind=CHARGE if method == "POST" else LOOKUP)
+            result = result_from_response(response, asked)
             recorder.finish(
                 http_status=response.status_code,
                 cause=cause_of_answer(result),
@@ -190,7 +190,7 @@ class HttpProvider:
                 message=last.message,
             )
         attempts = tuple(recorder.attempts)
-        _observe(kind="charge" if method == "POST" else "lookup", attempts=attempts)
+        _observe(kind=asked.kind, attempts=attempts)
         if result.outcome in DEFINITIVE:
             misconfiguration.clear()  # the provider accepted our key and URL
         return _call_result(result, attempts)
@@ -200,10 +200,10 @@ class HttpProvider:
         """The resilience object's breaker, for operators' views and tests."""
         return self.resilience.breaker
 
-    def _guarded(self, method: str, url: str, *, provider_key: str, body: dict | None) -> ProviderResult:
+    def _guarded(self, method: str, url: str, *, asked: Asked, body: dict | None) -> ProviderResult:
         try:
             return self.resilience.guard(
-                lambda: self._send(method, url, provider_key=provider_key, body=body), unwell=_unwell
+                lambda: self._send(method, url, asked=asked, body=body), unwell=_unwell
             )
         except CircuitOpen as exc:
             return ProviderResult(
@@ -223,13 +223,26 @@ class HttpProvider:
             "reference": reference,
             "description": description,
         }
-        return self._guarded("POST", self.settings.url, provider_key=provider_key, body=body)
+        asked = Asked(CHARGE, provider_key, amount=amount, currency=currency, reference=reference)
+        return self._guarded("POST", self.settings.url, asked=asked, body=body)
 
-    def lookup(self, *, provider_key: str) -> ProviderResult:
+    def lookup(
+        self,
+        *,
+        provider_key: str,
+        amount: int | None = None,
+        currency: str | None = None,
+        reference: str | None = None,
+    ) -> ProviderResult:
         """GET {url}/{key}: the charge made with that key, or NOT_FOUND only on the provider's
-        typed 404 `resource_missing` (any other 404, HTML or redirect is UNKNOWN)."""
+        typed 404 `resource_missing` (any other 404, HTML or redirect is UNKNOWN). The charge
+        found is checked against the amount, currency and reference given (`mismatch`); one
+        for another key or reference says nothing about ours and is UNKNOWN."""
         return self._guarded(
-            "GET", f"{self.settings.url}/{provider_key}", provider_key=provider_key, body=None
+            "GET",
+            f"{self.settings.url}/{provider_key}",
+            asked=Asked(LOOKUP, provider_key, amount=amount, currency=currency, reference=reference),
+            body=None,
         )
 
 

@@ -96,8 +96,10 @@ class ProviderResult:
     code: str = ""
     message: str = ""
     retry_after_s: int = 0
-    # Set when a definitive answer does not match what was asked (another amount, currency or
-    # key): the answer is still a fact to record, but a person must look at it.
+    # Set when an answer's charge does not match what was asked (another amount, currency,
+    # idempotency key or reference), e.g. "amount 1 JPY, asked 1999 USD": a charge's answer is
+    # still a fact to record, but a person must look at it. A lookup's answer for another key or
+    # reference is UNKNOWN (with this set): it says nothing about our charge.
     mismatch: str = ""
 
     @property
@@ -141,4 +143,14 @@ class PaymentProvider(Protocol):
         self, *, provider_key: str, amount: int, currency: str, source: str, reference: str, description: str
     ) -> ProviderResult: ...
 
-    def lookup(self, *, provider_key: str) -> ProviderResult: ...
+    def lookup(
+        self,
+        *,
+        provider_key: str,
+        amount: int | None = None,
+        currency: str | None = None,
+        reference: str | None = None,
+    ) -> ProviderResult:
+        """The charge made with `provider_key`, checked against the fields given; NOT_FOUND
+        only from the provider's own typed "no such charge"."""
+        ...

@@ -165,3 +165,40 @@ def test_delayed_commit_goes_on_under_the_next_fault_for_the_same_request(fake: 
     assert fake.charge_count("key-1") == 1
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "resource_missing")
     assert fake.faults_applied() == [("delayed_commit", "charge", "key-1"), ("drop_after", "charge", "key-1")]
+
+
+# other_charge -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variant", "changed"),
+    [
+        ("amount", {"amount": 1}),
+        ("currency", {"currency": "JPY"}),
+        ("key", {"reference": "another-charge"}),
+        ("all", {"amount": 1, "currency": "JPY", "reference": "another-charge"}),
+    ],
+)
+def test_other_charge_charges_then_answers_success_for_another_charge(
+    fake: FakeProvider, session: requests.Session, variant: str, changed: dict[str, Any]
+) -> None:
+    fake.inject_many([{"kind": "other_charge", "variant": variant}, {"kind": "other_charge", "on": "lookup"}])
+
+    answer = post(session, fake, "key-1").json()
+    looked_up = lookup(session, fake, "key-1").json()
+
+    made = fake.ledger()["key-1"]
+    assert (made["amount"], made["currency"], made["idempotency_key"]) == (1999, "USD", "key-1")
+    assert answer["status"] == "succeeded"
+    assert {name: answer[name] for name in changed} == changed
+    assert (answer["idempotency_key"] != "key-1") is (variant in ("key", "all"))
+    assert (looked_up["amount"], looked_up["currency"], looked_up["reference"]) == (
+        1,
+        "JPY",
+        "another-charge",
+    )
+
+
+def test_an_unknown_other_charge_variant_is_refused(fake: FakeProvider) -> None:
+    with pytest.raises(ValueError, match="Unknown other_charge variant"):
+        fake.inject({"kind": "other_charge", "variant": "long_id"})

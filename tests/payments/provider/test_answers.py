@@ -148,3 +148,60 @@ def test_a_charge_route_404_answers_503_keeps_nothing_and_fails_health(
     health = client.get("/health/", headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
     assert health.status_code == 503
     assert health.json()["checks"]["payment-provider:credentials"][0]["observedValue"] == 404
+
+
+# Mismatch (issue 18, finding 5): an answer for another amount, currency or key --------------
+
+
+def test_a_charge_answered_for_another_amount_and_currency_is_a_success_flagged_as_a_mismatch(
+    fake_provider: FakeProvider,
+) -> None:
+    key = f"other-amount-{uuid.uuid4()}"
+    fake_provider.inject({"kind": "other_charge", "variant": "all", "key": key})
+    fake_provider.inject({"kind": "other_charge", "variant": "amount"})
+    fake_provider.inject({"kind": "other_charge", "variant": "currency"})
+
+    result = charge(key)
+    amount_only = charge(f"amount-{uuid.uuid4()}")
+    currency_only = charge(f"currency-{uuid.uuid4()}")
+
+    assert result.outcome == Outcome.SUCCEEDED and result.charge_id, "the provider's success is a fact"
+    assert result.mismatch.startswith("amount 1 JPY, asked 1999 USD")
+    assert "idempotency key another-" in result.mismatch and "reference another-charge" in result.mismatch
+    assert amount_only.mismatch == "amount 1 USD, asked 1999 USD"
+    assert currency_only.mismatch == "amount 1999 JPY, asked 1999 USD"
+
+
+def test_a_matching_answer_has_no_mismatch_whatever_the_currencys_case(fake_provider: FakeProvider) -> None:
+    result = provider.get_client().charge(
+        provider_key=f"match-{uuid.uuid4()}",
+        amount=1999,
+        currency="usd",
+        source="tok_visa",
+        reference="tx-1",
+        description="",
+    )
+
+    assert (result.outcome, result.mismatch) == (Outcome.SUCCEEDED, "")
+
+
+def test_a_lookup_answered_for_another_key_is_unknown(fake_provider: FakeProvider, charged_key: str) -> None:
+    fake_provider.inject({"kind": "other_charge", "variant": "key", "on": "lookup"})
+
+    result = provider.get_client().lookup(provider_key=charged_key, reference=charged_key)
+
+    assert (result.outcome, result.code) == (Outcome.UNKNOWN, Cause.UNUSABLE.value), "not our charge"
+    assert result.mismatch.startswith("idempotency key another-")
+    assert f"reference another-charge, asked {charged_key}" in result.mismatch
+
+
+def test_a_lookup_of_our_charge_for_another_amount_is_a_success_flagged_as_a_mismatch(
+    fake_provider: FakeProvider, charged_key: str
+) -> None:
+    fake_provider.inject({"kind": "other_charge", "variant": "amount", "on": "lookup"})
+
+    flagged = provider.get_client().lookup(provider_key=charged_key, amount=1999, currency="USD")
+    plain = provider.get_client().lookup(provider_key=charged_key, amount=1999, currency="USD")
+
+    assert (flagged.outcome, flagged.mismatch) == (Outcome.SUCCEEDED, "amount 1 USD, asked 1999 USD")
+    assert (plain.outcome, plain.mismatch) == (Outcome.SUCCEEDED, "")
