@@ -27,7 +27,8 @@ applies once, first in first out, to the next request that matches it: `"on"` is
     {"kind": "slow", "ms": 500}          key in progress while waiting, then charge and answer
     {"kind": "drop_after"}               act normally, then close the connection unanswered
     {"kind": "drop_before"}              close the connection unanswered, acting on nothing
-    {"kind": "status", "status": 503, "retry_after": 1}   that error status, acting on nothing
+    {"kind": "status", "status": 503, "retry_after": 1}   that error status, acting on nothing;
+        retry_after may also be any Latin-1 string, sent as it is (e.g. "²", a junk value)
     {"kind": "garbage", "variant": "long_id"}   act normally, then answer 200 with an unusable
         body: not_json, long_id (300 characters), bad_id, bad_status, missing_id,
         deep_json (50 000 nested lists), not_object (a JSON list)

@@ -117,7 +117,8 @@ class Fault:
     key: str | None = None
     ms: int | None = None
     status: int | None = None
-    retry_after: int | None = None
+    # Seconds, or any header value as it is (a client's parsing is tested with junk like "²").
+    retry_after: int | str | None = None
     variant: str | None = None
     location: str | None = None
 
@@ -130,7 +131,11 @@ class Fault:
             raise _InvalidRequestError(f"Fault {self.kind!r} needs {sorted(required - given)}.")
         if given - required - optional:
             raise _InvalidRequestError(f"Fault {self.kind!r} takes no {sorted(given - required)}.")
-        for name in given - STRING_PARAMETERS:
+        if isinstance(self.retry_after, str) and not _header_value(self.retry_after):
+            raise _InvalidRequestError("Fault 'retry_after' must be an integer or a Latin-1 header value.")
+        for name in (
+            given - STRING_PARAMETERS - ({"retry_after"} if isinstance(self.retry_after, str) else set())
+        ):
             if type(getattr(self, name)) is not int or getattr(self, name) < 0:
                 raise _InvalidRequestError(f"Fault {name!r} must be a non-negative integer.")
         if self.status is not None and not 400 <= self.status <= 599:
@@ -194,7 +199,16 @@ def _error(status: int, error_type: str, message: str, **fields: str) -> _Respon
     return _Response(status, {"error": {"type": error_type, **fields, "message": message}})
 
 
-def _status_error(status: int, retry_after: int | None = None) -> _Response:
+def _header_value(value: str) -> bool:
+    """Whether a string can go out as one header value (Latin-1, no line break)."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return bool(value) and "\r" not in value and "\n" not in value
+
+
+def _status_error(status: int, retry_after: int | str | None = None) -> _Response:
     """The contract-shaped error answer for a status, with Retry-After if one is given."""
     if status == 401:
         return _unauthorized()

@@ -15,6 +15,9 @@ lookup's answer for another key or reference proves nothing about ours, and is u
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import email.utils
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +31,28 @@ CHARGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NO_SUCH_CHARGE = "resource_missing"
 CHARGE, LOOKUP = "charge", "lookup"
 MISMATCH_MAX_LENGTH = 255
+# The longest wait a provider's Retry-After may ask for; more is read as this.
+RETRY_AFTER_MAX_S = 3600
+_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only: "²".isdigit() is true, int("²") raises
+
+
+def parse_retry_after(value: str | None) -> int | None:
+    """The seconds a Retry-After header asks for, clamped to 0..RETRY_AFTER_MAX_S; None when
+    it says nothing usable. Only ASCII delta-seconds or an HTTP-date (RFC 9110) are read."""
+    text = (value or "").strip(" \t")
+    if _DELTA_SECONDS.fullmatch(text):
+        digits = text.lstrip("0") or "0"  # no int() of a huge string: it may raise, and is slow
+        return RETRY_AFTER_MAX_S if len(digits) > 9 else min(int(digits), RETRY_AFTER_MAX_S)
+    if not text.isascii() or not text:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP-dates are
+        when = when.replace(tzinfo=datetime.UTC)
+    seconds = (when - datetime.datetime.now(datetime.UTC)).total_seconds()
+    return max(0, min(RETRY_AFTER_MAX_S, math.ceil(seconds)))
 
 
 @dataclass(frozen=True)
@@ -187,13 +212,12 @@ def result_from_response(response: requests.Response, asked: Asked) -> ProviderR
             code=provider_code,
             message=f"The provider refused the request ({provider_code or f'HTTP {http_status}'}).",
         )
-    retry_after = response.headers.get("Retry-After", "")
     return ProviderResult(
         outcome=CAUSES[cause][0],
         http_status=http_status,
         code=cause.value,
         message=message,
-        retry_after_s=int(retry_after) if retry_after.isdigit() else 0,
+        retry_after_s=parse_retry_after(response.headers.get("Retry-After")) or 0,
     )
 
 

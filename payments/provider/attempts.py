@@ -26,7 +26,7 @@ from urllib3.util.retry import Retry
 
 from core.events import log_event
 from payments.provider import deadline
-from payments.provider.answers import cause_of_status
+from payments.provider.answers import cause_of_status, parse_retry_after
 from payments.provider.interface import CAUSES, DEFINITIVE, Attempt, Cause, Outcome, ProviderResult, describe
 
 logger = logging.getLogger("payments.provider")  # the adapter's logger: its events keep their name
@@ -138,6 +138,10 @@ class _RecordingRetry(Retry):
                 cause, message = recorder.error_cause(error)
                 recorder.finish(http_status=None, cause=cause, message=message, error=error)
         return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        """urllib3's raises InvalidHeader on junk ("²", say); junk here means "use the backoff"."""
+        return float(parse_retry_after(retry_after) or 0)
 
     def sleep(self, response: BaseHTTPResponse | None = None) -> None:
         recorder: _AttemptRecorder | None = getattr(_local, "recorder", None)

@@ -202,3 +202,21 @@ def test_other_charge_charges_then_answers_success_for_another_charge(
 def test_an_unknown_other_charge_variant_is_refused(fake: FakeProvider) -> None:
     with pytest.raises(ValueError, match="Unknown other_charge variant"):
         fake.inject({"kind": "other_charge", "variant": "long_id"})
+
+
+# status with a junk Retry-After ----------------------------------------------------------------
+
+
+def test_status_sends_a_string_retry_after_as_it_is(fake: FakeProvider, session: requests.Session) -> None:
+    fake.inject({"kind": "status", "status": 500, "retry_after": "²"})
+
+    answer = post(session, fake, "key-1")
+
+    assert (answer.status_code, answer.headers["Retry-After"]) == (500, "²")
+    assert fake.charge_count("key-1") == 0
+
+
+@pytest.mark.parametrize("value", ["", "١٢", "1\r\nX-Injected: yes", 1.5, -1])
+def test_status_refuses_a_retry_after_that_is_no_header_value(fake: FakeProvider, value: object) -> None:
+    with pytest.raises(ValueError, match="retry_after"):
+        fake.inject({"kind": "status", "status": 503, "retry_after": value})

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import email.utils
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from fakeprovider import FakeProvider
 from payments import provider
 from payments.models import Transaction
 from payments.provider import misconfiguration
+from payments.provider.answers import parse_retry_after
 from payments.provider.interface import Cause, Outcome, ProviderResult
 
 OPERATOR_TOKEN = "answers-tests-operator-token-0123"
@@ -205,3 +208,82 @@ def test_a_lookup_of_our_charge_for_another_amount_is_a_success_flagged_as_a_mis
 
     assert (flagged.outcome, flagged.mismatch) == (Outcome.SUCCEEDED, "amount 1 USD, asked 1999 USD")
     assert (plain.outcome, plain.mismatch) == (Outcome.SUCCEEDED, "")
+
+
+# Retry-After (issue 18: a 500 with `Retry-After: ²` was a 500 with the row left pending) -------
+
+JUNK_RETRY_AFTERS = ["²", "¹²", "1.5", "-1", "soon", "Wed, 99 Foo 2015 07:28:00 GMT", "9" * 40]
+
+
+@pytest.mark.parametrize("junk", JUNK_RETRY_AFTERS)
+def test_a_5xx_with_a_junk_retry_after_is_a_provider_error_without_a_wait(
+    fake_provider: FakeProvider, settings: Any, junk: str
+) -> None:
+    settings.PAYMENT_MAX_RETRIES = 0
+    fake_provider.inject({"kind": "status", "status": 500, "retry_after": junk})
+
+    result = charge(f"junk-retry-after-{uuid.uuid4()}")
+
+    assert (result.outcome, result.code, result.http_status) == (
+        Outcome.PROVIDER_ERROR,
+        "provider_error",
+        500,
+    )
+    assert result.retry_after_s == (3600 if junk == "9" * 40 else 0)
+
+
+def test_a_retried_503_with_a_junk_retry_after_backs_off_and_tries_again(fake_provider: FakeProvider) -> None:
+    key = f"junk-503-{uuid.uuid4()}"
+    fake_provider.inject({"kind": "status", "status": 503, "retry_after": "²", "key": key})
+
+    result = charge(key)
+
+    assert result.outcome == Outcome.SUCCEEDED
+    assert [a.outcome for a in result.attempts] == [Cause.PROVIDER_ERROR.value, Cause.SUCCEEDED.value]
+    assert fake_provider.charge_count(key) == 1
+
+
+def test_the_api_answers_a_provider_500_with_a_junk_retry_after_as_retry_scheduled(
+    api: APIClient, settings: Any, fake_provider: FakeProvider
+) -> None:
+    settings.PAYMENT_MAX_RETRIES = 0
+    fake_provider.inject({"kind": "status", "status": 500, "retry_after": "²"})
+
+    response = api.post(
+        "/api/v1/charges",
+        {"amount": 1999, "currency": "USD", "source": "tok_visa"},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="superscript",
+    )
+
+    assert response.status_code == 502, response.content[:300]
+    assert response.json()["error"]["code"] == "provider_error"
+    assert Transaction.objects.get(idempotency_key="superscript").status == Transaction.Status.FAILED
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120),
+        (" 7\t", 7),
+        ("0", 0),
+        ("86400", 3600),  # clamped
+        ("9" * 5000, 3600),  # int() of it would raise
+        ("0007", 7),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", 0),  # a date in the past: now
+        (None, None),
+        ("", None),
+        ("²", None),
+        ("12abc", None),
+    ],
+)
+def test_parse_retry_after_reads_ascii_seconds_and_http_dates_only(
+    value: str | None, seconds: int | None
+) -> None:
+    assert parse_retry_after(value) == seconds
+
+
+def test_parse_retry_after_reads_a_future_http_date_as_the_seconds_until_it() -> None:
+    in_a_minute = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+
+    assert 55 <= (parse_retry_after(in_a_minute) or 0) <= 60
