@@ -15,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 LOOPBACK_HOSTS = {"localhost"}
 # The key a development checkout runs with; production mode refuses it.
@@ -124,13 +126,10 @@ class EnvReader:
             if required:
                 self.errors.append(f"{name} is required and is not set.")
             return default or ""
-        parts = urlsplit(raw)
-        host = parts.hostname or ""
-        if parts.scheme == "https" and host:
+        problem = provider_url_problem(raw)
+        if problem is None:
             return raw
-        if parts.scheme == "http" and host and is_loopback_host(host):
-            return raw
-        self._fail(name, raw, "expected an https:// URL (http:// is allowed only for loopback hosts)")
+        self._fail(name, _mask_userinfo(raw), problem)
         return default or ""
 
     def list(self, name: str, default: list[str]) -> list[str]:
@@ -297,6 +296,49 @@ class EnvReader:
         if not Path(path).is_file():
             self._fail(name, path, "expected the path of a readable PEM file (no such file)")
         return path
+
+
+def provider_url_problem(raw: str) -> str | None:
+    """Why a provider URL is refused, or None. Read the way the HTTP client reads it.
+
+    requests sends to the host urllib3's `parse_url` finds, so the https/loopback check must look
+    at that host, and a URL that another parser reads differently is refused: in
+    `http://provider.example.net\\@127.0.0.1/v1/charges` urlsplit sees 127.0.0.1 while urllib3
+    sends to provider.example.net, over plain HTTP.
+    """
+    if "\\" in raw or any(ord(char) <= 0x20 or ord(char) == 0x7F for char in raw):
+        return "expected a URL without backslashes, spaces or control characters"
+    try:
+        sent_to = parse_url(raw)
+        checked = urlsplit(raw)
+        checked_port = checked.port
+    except (LocationParseError, ValueError):
+        return "expected a URL such as https://api.provider.example/v1/charges"
+    if sent_to.auth or "@" in checked.netloc:
+        return "expected no user or password in the URL (the key belongs in PAYMENT_API_KEY)"
+    if sent_to.query or sent_to.fragment or checked.query or checked.fragment or "?" in raw or "#" in raw:
+        return "expected no query or fragment (lookups append /{key} to the path)"
+    host = (sent_to.host or "").strip("[]").lower()
+    try:  # urllib3 sends an international name in its IDNA form
+        checked_host = (checked.hostname or "").encode("idna").decode("ascii")
+    except UnicodeError:
+        checked_host = ""
+    if (sent_to.scheme, host, sent_to.port) != (checked.scheme.lower(), checked_host, checked_port):
+        return "expected a URL that the HTTP client and this check read alike (they see different hosts)"
+    if sent_to.scheme == "https" and host:
+        return None
+    if sent_to.scheme == "http" and host and is_loopback_host(host):
+        return None
+    return "expected an https:// URL (http:// is allowed only for loopback hosts)"
+
+
+def _mask_userinfo(url: str) -> str:
+    """The URL with anything before an @ in its authority masked: it may be a password."""
+    scheme, separator, rest = url.partition("://")
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if not separator or "@" not in authority:
+        return url
+    return f"{scheme}://<masked>@{rest[len(authority.rsplit('@', 1)[0]) + 1 :]}"
 
 
 def mask_url(url: str) -> str:
