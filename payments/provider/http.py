@@ -86,7 +86,7 @@ class HttpSettings:
 
 
 class HttpProvider:
-    """The provider over HTTPS, as the contract in README ("The provider contract") describes."""
+    """The provider over HTTPS, as docs/provider.md (the provider contract) describes."""
 
     Settings = HttpSettings
 
