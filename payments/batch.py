@@ -24,6 +24,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db.models import QuerySet
 
+from core import options as option_types
 from core.events import log_event
 from payments.errors import ProviderUnavailable
 from payments.models import Transaction
@@ -34,7 +35,7 @@ logger = logging.getLogger("payments.commands")
 # Exit codes, as README "Operators" documents them.
 EXIT_OK = 0
 EXIT_ERRORS = 1  # some rows failed or errored, or the provider could not be reached
-EXIT_USAGE = 2  # bad arguments; nothing was done
+EXIT_USAGE = 2  # bad arguments (argparse's own exit status for an option out of range); nothing was done
 EXIT_SIGNAL_BASE = 128  # + the signal's number: stopped by Ctrl-C (130) or SIGTERM (143)
 # Row outcomes that make the run exit 1.
 FAILING_OUTCOMES = frozenset({ActionOutcome.FAILED, *ERROR_OUTCOMES})
@@ -99,7 +100,10 @@ class BatchCommand(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--limit", type=int, default=self.default_limit, help="Work at most this many transactions."
+            "--limit",
+            type=option_types.integer(1),
+            default=self.default_limit,
+            help="Work at most this many transactions (at least 1).",
         )
         parser.add_argument(
             "--id",
@@ -116,10 +120,10 @@ class BatchCommand(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the summary as one JSON line.")
         parser.add_argument(
             "--progress-every",
-            type=int,
+            type=option_types.integer(1),
             default=25,
             metavar="N",
-            help="Report progress on stderr every N transactions (-v 2: every one).",
+            help="Report progress on stderr every N transactions, N at least 1 (-v 2: every one).",
         )
 
     def work_next(self, *, skip_ids: set[uuid.UUID], options: dict[str, Any]) -> ActionResult | None:
@@ -135,8 +139,6 @@ class BatchCommand(BaseCommand):
         """Runs once before the rows are worked (not in a dry run)."""
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["limit"] < 1:
-            raise CommandError("--limit must be at least 1.", returncode=EXIT_USAGE)
         if options["json"]:
             _logs_to_stderr()  # stdout carries exactly one JSON document
         unknown = sorted(

@@ -9,7 +9,8 @@ honours) until every kind has arrived or --wait seconds have passed; prints one
 line per kind.
 
 Exit status: 0 every kind arrived; 1 shipping failed or a kind is missing;
-2 CloudWatch is not configured (CLOUDWATCH_LOG_GROUP unset).
+2 CloudWatch is not configured (CLOUDWATCH_LOG_GROUP unset), or --wait is not a number
+from 0 to 3600 (argparse's usage error, before anything is emitted).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from core import options as option_types
 from core.events import EVENT_CATALOGUE, log_event
 from core.logs.cloudwatch import CloudWatchHandler, active_cloudwatch_handler
 from core.logs.redaction import redact
@@ -31,6 +33,7 @@ from core.logs.redaction import redact
 logger = logging.getLogger("paymentsite.check_logging")
 
 POLL_INTERVAL_S = 1.0
+MAX_WAIT_S = 3600  # nan or inf would poll for ever
 
 
 class Command(BaseCommand):
@@ -39,9 +42,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--wait",
-            type=float,
+            type=option_types.number(0, MAX_WAIT_S),
             default=30.0,
-            help="seconds to wait for the events to be readable from the log group (default 30)",
+            help=(
+                "seconds to wait for the events to be readable from the log group "
+                f"(default 30; 0 to {MAX_WAIT_S})"
+            ),
         )
 
     def handle(self, *args: Any, wait: float, **options: Any) -> None:

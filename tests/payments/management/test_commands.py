@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError, call_command, load_command_class
 from django.utils import timezone
 
 from fakeprovider import FakeProvider
@@ -433,27 +433,75 @@ def test_ctrl_c_stops_after_the_transaction_in_hand_and_leaves_nothing_claimed(
     assert fake_provider.total_charges() == 1
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--limit", "0"], "CommandError: --limit must be at least 1."),
-        (["--id", "00000000-0000-4000-8000-000000000000"], "CommandError: No transaction with id 00000000-"),
-    ],
-)
-def test_a_usage_error_exits_2_with_one_line_and_does_nothing(
-    fake_provider: FakeProvider, args: list[str], message: str
+def test_an_id_that_is_no_transaction_exits_2_with_one_line_and_does_nothing(
+    fake_provider: FakeProvider,
 ) -> None:
     txn = failed()
     before = snapshot()
 
-    process = _start("retry_failed_payments", *args, env=_command_env(fake_provider))
+    process = _start(
+        "retry_failed_payments",
+        "--id",
+        "00000000-0000-4000-8000-000000000000",
+        env=_command_env(fake_provider),
+    )
     stdout, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 2, stderr
     assert stdout == ""
-    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith(message), stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert stderr.startswith("CommandError: No transaction with id 00000000-"), stderr
     assert snapshot() == before
     assert fake_provider.request_count(txn.provider_idempotency_key) == 0
+
+
+def test_progress_every_0_exits_2_before_charging_anything(fake_provider: FakeProvider) -> None:
+    """It used to charge a row, then die on ZeroDivisionError (exit 1)."""
+    txn = failed()
+    before = snapshot()
+
+    process = _start("retry_failed_payments", "--progress-every", "0", env=_command_env(fake_provider))
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 2, stderr
+    assert stdout == ""
+    *usage, error = stderr.strip().splitlines()
+    assert usage[0].startswith("usage: manage.py retry_failed_payments"), stderr
+    assert error == (
+        "manage.py retry_failed_payments: error: argument --progress-every: expected an integer >= 1, got '0'"
+    )
+    assert snapshot() == before
+    assert fake_provider.request_count(txn.provider_idempotency_key) == 0
+
+
+@pytest.mark.parametrize("command", ["retry_failed_payments", "reconcile_payments"])
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--limit", "0"], "argument --limit: expected an integer >= 1, got '0'"),
+        (["--limit", "-5"], "argument --limit: expected an integer >= 1, got '-5'"),
+        (["--limit", "ten"], "argument --limit: expected an integer >= 1, got 'ten'"),
+        (["--progress-every", "0"], "argument --progress-every: expected an integer >= 1, got '0'"),
+        (["--progress-every", "-1"], "argument --progress-every: expected an integer >= 1, got '-1'"),
+        (["--progress-every", "2.5"], "argument --progress-every: expected an integer >= 1, got '2.5'"),
+        (["--id", "not-a-uuid"], "argument --id: invalid UUID value: 'not-a-uuid'"),
+    ],
+)
+def test_every_option_out_of_range_is_a_usage_error_before_any_work(
+    fake_provider: FakeProvider, capsys: pytest.CaptureFixture[str], command: str, args: list[str], error: str
+) -> None:
+    rows = [failed(), unknown()]
+    before = snapshot()
+
+    with pytest.raises(SystemExit) as exited:  # as from the command line: argparse's own exit
+        load_command_class("payments", command).run_from_argv(["manage.py", command, *args, "--json"])
+
+    assert exited.value.code == 2
+    *usage, line = capsys.readouterr().err.strip().splitlines()
+    assert usage[0].startswith(f"usage: manage.py {command}")
+    assert line == f"manage.py {command}: error: {error}"
+    assert snapshot() == before
+    assert all(fake_provider.request_count(txn.provider_idempotency_key) == 0 for txn in rows)
 
 
 def test_json_summary_is_the_whole_stdout_and_log_lines_go_to_stderr(fake_provider: FakeProvider) -> None:
