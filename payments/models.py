@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import models
 
 from core.db import DatabaseNow
+from core.logs.redaction import mask_source as mask_source  # the one masking rule, the logs' too
+from core.logs.redaction import note_card_source
 from payments.currencies import format_minor_units
 
 
@@ -14,12 +16,25 @@ def new_provider_key() -> str:
     return f"ps_{uuid.uuid4().hex}"
 
 
-def mask_source(source: str) -> str:
-    """Keep the prefix and the last four characters: tok_visa -> tok_…visa."""
-    prefix, _, rest = source.partition("_")
-    if not rest:
-        return "…" + source[-4:]
-    return f"{prefix}_…{rest[-4:]}"
+class CardSourceField(models.CharField):
+    """The full card source: every value written or read is noted for the log redaction.
+
+    So the SQL of a query log (DB_LOG_QUERIES), and any later line of the same request or
+    command, shows it masked whatever its shape (core.logs.redaction). Migrations see a plain
+    CharField: the column is one.
+    """
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        note_card_source(value)
+        return super().get_db_prep_value(value, connection, prepared)
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        note_card_source(value)
+        return value
+
+    def deconstruct(self) -> Any:
+        name, _, args, kwargs = super().deconstruct()
+        return name, "django.db.models.CharField", args, kwargs
 
 
 class BinaryCharField(models.CharField):
@@ -63,7 +78,7 @@ class Transaction(models.Model):
     source_masked = models.CharField(max_length=64)
     # The full token is kept only while the charge may still be sent again (a
     # failed transaction can be retried) and is erased once the outcome is final.
-    source = models.CharField(max_length=255, blank=True, editable=False)
+    source = CardSourceField(max_length=255, blank=True, editable=False)
     description = models.CharField(max_length=500, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
 

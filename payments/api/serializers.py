@@ -10,6 +10,7 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from core.logs.redaction import note_card_source
 from payments.currencies import MINOR_UNIT_DIGITS
 from payments.errors import error_for
 from payments.models import PaymentAttempt, Transaction
@@ -156,6 +157,7 @@ class ChargeCreateSerializer(serializers.Serializer):
         return value
 
     def validate_source(self, value: str) -> str:
+        note_card_source(value)  # masked in this request's log lines, whatever its shape
         if not SOURCE_PATTERN.fullmatch(value):
             raise serializers.ValidationError("Must be a card token such as tok_visa.")
         return value
