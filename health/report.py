@@ -23,6 +23,7 @@ from django.utils import timezone
 from core.db import is_pool_exhausted, is_pooled, release_db_connection
 from core.events import log_event
 from core.pool import UTILIZATION_WARN, pool_snapshot
+from health.credentials import shared_credentials
 from health.probe import provider_probe
 from payments import provider
 from payments.provider import CLOSED, HALF_OPEN
@@ -168,16 +169,17 @@ def provider_response_time_check() -> Check:
 
 
 def provider_credentials_check() -> Check:
-    """Fails from the provider's first 401/403/404 to a charge until it accepts one again."""
-    refused = provider.misconfigured()
-    if refused is None:
+    """Fails from the provider's refusal of our key or URL (401/403, or 404 on a charge) until it
+    accepts a charge again: the newest verdict of any process of the service (health.credentials)."""
+    verdict = shared_credentials.verdict()
+    if verdict is None or not verdict.refused:
         return {"status": PASS, "componentType": COMPONENT}
     return {
         "status": FAIL,
         "componentType": COMPONENT,
-        "observedValue": refused["http_status"],
+        "observedValue": verdict.http_status,
         "observedUnit": "HTTP status code",
-        "time": refused["at"],
+        "time": _iso(verdict.at),
         "output": "the provider refused our API key or URL: check PAYMENT_API_KEY and PAYMENT_SERVICE_URL",
     }
 

@@ -23,7 +23,7 @@ kept for everything else: while the provider hangs, at most that many threads
 wait on it and later charges get 503 provider_busy at once, so /health/, the
 admin and replays still find a free thread (measured: see README, Performance).
 
-preload_app stays False: the pools, the provider probe thread, the Prometheus
+preload_app stays False: the pools, the provider probe and credentials threads, the Prometheus
 files and watchtower's sender thread must be created in each worker after the
 fork, never inherited from the master.
 """
@@ -151,12 +151,15 @@ def on_starting(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     # The app is loaded in this worker: start its own threads, after the fork. The provider
-    # probe runs before the first /health/ asks; the publisher writes pool and breaker
-    # gauges for the other workers' scrapes (multiprocess mode only).
+    # probe runs before the first /health/ asks; the credentials thread shares this worker's
+    # verdict on the provider credentials with the others through the database; the publisher
+    # writes pool and breaker gauges for the other workers' scrapes (multiprocess mode only).
     from core import metrics
+    from health.credentials import shared_credentials
     from health.probe import provider_probe
 
     provider_probe.start()
+    shared_credentials.start()
     metrics.start_state_publisher()
 
 
