@@ -17,8 +17,8 @@ from django.utils import timezone
 from health.credentials import fingerprint, shared_credentials
 from health.models import ProviderCredentials
 from payments.provider import misconfiguration
-from tests.conftest import TEST_API_KEY
-from tests.health.helpers import check, get_health
+from tests.support.health import check, get_health
+from tests.support.service import TEST_API_KEY
 
 
 @pytest.fixture(autouse=True)

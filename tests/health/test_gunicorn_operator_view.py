@@ -20,9 +20,9 @@ from django.conf import settings as django_settings
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from fakeprovider import FakeProvider
-from tests.conftest import TEST_API_KEY, database_url_for_subprocess
-from tests.health.helpers import OPERATOR_TOKEN
 from tests.health.test_gunicorn import free_port, gunicorn_command
+from tests.support.health import OPERATOR_TOKEN
+from tests.support.service import TEST_API_KEY, database_url_for_subprocess
 
 WORKERS = 3
 PROBE_S = 1  # PAYMENT_HEALTH_PROBE_S: the documented bound on disagreement
