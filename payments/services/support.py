@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.events import log_event
-from payments import selectors, transitions
+from payments import provider, selectors, transitions
 from payments.errors import InvalidRequest, NotCancelable
 from payments.models import Transaction
 from payments.provider import Outcome, ProviderResult
@@ -135,10 +135,17 @@ def charge_reconcile_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> Act
 def _reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
     if claimed.status == Status.PENDING:
         assign(claimed, interrupted_fields(claimed))  # abandoned mid-call: put back as unknown
-    provider_key = claimed.provider_idempotency_key
-    result = call_provider_for_claim(
-        claimed, lambda client: client.lookup(provider_key=provider_key), kind="lookup", by=RECONCILE
-    )
+
+    def look_up(client: provider.PaymentProvider) -> ProviderResult:
+        # What the charge found must be this one: the same amount, currency and reference.
+        return client.lookup(
+            provider_key=claimed.provider_idempotency_key,
+            amount=claimed.amount,
+            currency=claimed.currency,
+            reference=str(claimed.pk),
+        )
+
+    result = call_provider_for_claim(claimed, look_up, kind="lookup", by=RECONCILE)
     return settle_lookup(claimed, result, actor=actor)
 
 

@@ -181,3 +181,19 @@ def test_a_reconcile_host_whose_clock_runs_ahead_leaves_a_charge_in_flight_alone
 
     assert result.returncode == 0, result.stderr
     assert Transaction.objects.get(pk=txn.pk).status == Status.PENDING, result.stdout
+
+
+@pytest.mark.parametrize("variant", ["amount", "currency", "key"])
+def test_a_charge_answered_for_another_charge_is_not_a_success(
+    fake_provider: FakeProvider, variant: str
+) -> None:
+    fake_provider.inject({"kind": "other_charge", "variant": variant})
+
+    txn = charge("tok_visa")
+
+    assert (txn.status, txn.error_code) == (Status.UNKNOWN, "answer_mismatch"), variant
+    assert txn.needs_review and txn.provider_charge_id == ""
+    # The provider did charge our key: reconcile finds that charge, ours, and records it.
+    Transaction.objects.filter(pk=txn.pk).update(charge_started_at=timezone.now() - timedelta(minutes=11))
+    assert services.charge_reconcile(transaction_id=txn.pk, actor="reconcile").outcome == "succeeded"
+    assert fake_provider.total_charges() == 1

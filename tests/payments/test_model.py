@@ -4,7 +4,8 @@ Hypothesis drives random sequences of what callers, support and the scheduled co
 over real HTTP (Django's live server) against the fake provider and the real database (MariaDB
 in CI), while injecting provider faults (held answers, requests still in flight, dropped
 connections, 5xx, 429, 409, garbage answers, answers trickled past the deadline, proxies' HTML
-404s and redirects, charges that lookups see only later), database faults (before the insert, during
+404s and redirects, charges that lookups see only later, answers for another amount or key),
+database faults (before the insert, during
 settle) and crashes (a request stopped between the provider call and settle, as a killed
 process would be). After every step, and at quiescence (faults off, the in-flight window
 passed, reconcile_payments run with the provider healthy), it checks:
@@ -88,6 +89,8 @@ PROVIDER_FAULTS = [
     {"kind": "proxy_404"},  # a proxy's HTML 404: not the provider's word
     {"kind": "redirect"},  # a 302 elsewhere: never followed, never proof
     {"kind": "delayed_commit", "ms": 300},  # lookups see the charge only 300 ms after it was sent
+    {"kind": "other_charge", "variant": "amount"},  # charged, but the answer is for 1 unit
+    {"kind": "other_charge", "variant": "key"},  # charged, but the answer is another key's
 ]
 LOOKUP_FAULTS = [
     None,
@@ -95,6 +98,7 @@ LOOKUP_FAULTS = [
     {"kind": "proxy_404", "on": "lookup"},
     {"kind": "redirect", "on": "lookup"},
     {"kind": "trickle", "ms": 40, "on": "lookup"},
+    {"kind": "other_charge", "variant": "all", "on": "lookup"},
 ]
 SERVICE_FAULTS = [None, "db_before_insert", "db_settle", "crash_before_call", "crash_after_call"]
 
