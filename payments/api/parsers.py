@@ -15,14 +15,13 @@ def _not_json(constant: str) -> Any:
 
 
 class LimitedJSONParser(JSONParser):
-    """JSON with a hard size limit, and only JSON (RFC 8259 text of Unicode characters).
+    """JSON with a hard size limit, and only JSON.
 
     DRF reads the WSGI stream itself, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE
     never applies to API bodies; without this a client could post megabytes.
     Python's json module also reads NaN and Infinity, which are not JSON (a
-    description of NaN became "nan"), and a lone surrogate escape such as "\\ud800",
-    which is no character: stored, it could not be encoded as UTF-8 again, so the
-    answer to a charge already made was a 500 (and on MariaDB the insert failed).
+    description of NaN became "nan"). A lone surrogate escape such as "\\ud800" is
+    JSON, but no text: the charge serializer refuses it, naming the field.
     """
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
@@ -35,13 +34,6 @@ class LimitedJSONParser(JSONParser):
         if len(raw) > limit:
             raise PayloadTooLarge(f"Request body is larger than {limit // 1024} KiB.")
         try:
-            data = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+            return json.loads(raw.decode("utf-8"), parse_constant=_not_json)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: deep nesting
             raise ParseError("Request body is not valid JSON.") from exc
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ParseError("Request body is not valid JSON: it has a lone surrogate escape.") from exc
-        except RecursionError as exc:
-            raise ParseError("Request body is not valid JSON.") from exc
-        return data

@@ -19,9 +19,8 @@ NOT_JSON = {
     "NaN": body('"description": NaN'),
     "Infinity": body('"metadata": {"n": Infinity}'),
     "-Infinity": body('"metadata": {"n": -Infinity}'),
-    "lone surrogate in a value": body('"metadata": {"k": "\\ud800"}'),
-    "lone surrogate in a key": body('"metadata": {"\\udfff": 1}'),
 }
+# A lone surrogate escape is JSON: the serializer refuses it, naming the field (tests/payments/test_api.py).
 
 
 @pytest.mark.parametrize("raw", NOT_JSON.values(), ids=NOT_JSON.keys())
