@@ -78,6 +78,7 @@ ATTEMPT_OUTCOMES = (
     "rate_limited",
     "provider_misconfigured",
     "not_found",
+    "pending",
 )
 
 CHARGES = Counter(
@@ -101,7 +102,8 @@ for _code in CHARGE_REFUSAL_CODES:
 
 PROVIDER_REQUEST_SECONDS = Histogram(
     "paymentsite_provider_request_duration_seconds",
-    "Duration of each HTTP attempt to the payment provider, by kind (charge, lookup) and the "
+    "Duration of each HTTP attempt to the payment provider, by kind (charge, lookup, refund, "
+    "refund_lookup) and the "
     "attempt's outcome as in the API's attempt_log: " + ", ".join(ATTEMPT_OUTCOMES) + ".",
     ["kind", "outcome"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13),

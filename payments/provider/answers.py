@@ -10,6 +10,11 @@ A charge in an answer is checked against what was asked (`Asked`): an amount, cu
 idempotency key or reference that differs is written into `ProviderResult.mismatch` for
 settlement to flag. A charge answer stays what it says (a success is a fact to record); a
 lookup's answer for another key or reference proves nothing about ours, and is unknown.
+
+Refunds (`REFUND`, `REFUND_LOOKUP`) are read the same way, with their own answer: a refund
+(`id`, `status` succeeded/pending/failed, `amount`, `charge`). A typed 404 `resource_missing`
+is NOT_FOUND on both (no such charge to refund; no such refund yet); a refund for another amount
+or charge sets `mismatch`, and on a refund lookup one for another charge is unknown.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ CHARGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # The provider's error code for "no charge was made with this key" (its lookup's 404).
 NO_SUCH_CHARGE = "resource_missing"
 CHARGE, LOOKUP = "charge", "lookup"
+REFUND, REFUND_LOOKUP = "refund", "refund_lookup"
+REFUND_KINDS = frozenset({REFUND, REFUND_LOOKUP})
+# A refund answer's status -> the call's outcome and the attempt's cause.
+REFUND_STATUSES: dict[str, tuple[Outcome, Cause]] = {
+    "succeeded": (Outcome.SUCCEEDED, Cause.SUCCEEDED),
+    "failed": (Outcome.DECLINED, Cause.DECLINED),
+    "pending": (Outcome.PENDING, Cause.PENDING),
+}
 MISMATCH_MAX_LENGTH = 255
 # The longest wait a provider's Retry-After may ask for; more is read as this.
 RETRY_AFTER_MAX_S = 3600
@@ -59,11 +72,13 @@ def parse_retry_after(value: str | None) -> int | None:
 class Asked:
     """What a call asked the provider for: an answer is checked against the fields given."""
 
-    kind: str  # CHARGE or LOOKUP
-    provider_key: str
+    kind: str  # CHARGE, LOOKUP, REFUND or REFUND_LOOKUP
+    provider_key: str  # the request's Idempotency-Key: a refund's own key on refunds
     amount: int | None = None
     currency: str | None = None
     reference: str | None = None
+    # Refunds: the charge's provider id the refund must be for ("" when not known).
+    charge_id: str = ""
 
 
 def cause_of_status(http_status: int) -> Cause:
@@ -118,6 +133,15 @@ def _no_such_charge(response: requests.Response, error: dict) -> bool:
 
 
 def _answer_to_404(response: requests.Response, error: dict, *, kind: str) -> ProviderResult:
+    if kind in REFUND_KINDS:
+        # The refund route's typed answer: no charge with this key to refund (nothing refunded),
+        # or, on a refund lookup, no refund with this key (yet). Anything else says nothing.
+        if _no_such_charge(response, error):
+            what = "no such charge" if kind == REFUND else "no such refund"
+            return ProviderResult(
+                outcome=Outcome.NOT_FOUND, http_status=404, code=Cause.NOT_FOUND.value, message=what
+            )
+        return _unusable(404, "HTTP 404 that is not the provider's typed resource_missing answer")
     if kind == CHARGE:
         # The charge route itself is missing (a wrong PAYMENT_SERVICE_URL, a proxy with no
         # route): nothing reached a charging endpoint; an operator must act.
@@ -173,10 +197,32 @@ def mismatch_of(charge: dict[str, Any], asked: Asked) -> tuple[str, bool]:
     return "; ".join(parts)[:MISMATCH_MAX_LENGTH], other
 
 
+def refund_mismatch_of(refund: dict[str, Any], asked: Asked) -> tuple[str, bool]:
+    """What in an answer's refund differs from the request (its amount, or a charge other than
+    a non-empty `asked.charge_id`), and whether it is another charge's refund."""
+    parts: list[str] = []
+    amount = refund.get("amount")
+    if (
+        asked.amount is not None
+        and "amount" in refund
+        and not (type(amount) is int and amount == asked.amount)
+    ):
+        parts.append(f"amount {_show(amount)}, asked {asked.amount}")
+    other = bool(asked.charge_id) and "charge" in refund and refund["charge"] != asked.charge_id
+    if other:
+        parts.append(f"charge {_show(refund['charge'])}, asked {asked.charge_id}")
+    return "; ".join(parts)[:MISMATCH_MAX_LENGTH], other
+
+
 def _checked(result: ProviderResult, charge: dict[str, Any], asked: Asked) -> ProviderResult:
-    mismatch, other = mismatch_of(charge, asked)
+    refund = asked.kind in REFUND_KINDS
+    mismatch, other = refund_mismatch_of(charge, asked) if refund else mismatch_of(charge, asked)
     if not mismatch:
         return result
+    if asked.kind == REFUND_LOOKUP and other:
+        # Another charge's refund: whether ours was made, this answer does not say.
+        unknown = _unusable(result.http_status or 200, f"an answer for another charge's refund ({mismatch})")
+        return dataclasses.replace(unknown, mismatch=mismatch)
     if asked.kind == LOOKUP and other:
         # Not our charge: whether ours was made, this answer does not say.
         unknown = _unusable(result.http_status or 200, f"an answer for another charge ({mismatch})")
@@ -192,6 +238,8 @@ def result_from_response(response: requests.Response, asked: Asked) -> ProviderR
     error = data.get("error") if data and isinstance(data.get("error"), dict) else {}
     if http_status == 404:
         return _answer_to_404(response, error, kind=asked.kind)
+    if cause == Cause.SUCCEEDED and data is not None and asked.kind in REFUND_KINDS:
+        return _checked(_result_from_refund(http_status, data), data, asked)
     if cause == Cause.SUCCEEDED and data is not None:
         return _checked(_result_from_charge(http_status, data, error), data, asked)
     if cause == Cause.SUCCEEDED:
@@ -232,6 +280,30 @@ def _result_from_charge(http_status: int, data: dict[str, Any], error: dict) -> 
         return _unusable(http_status, f"HTTP {http_status} with an unexpected charge status")
     return ProviderResult(
         outcome=Outcome.SUCCEEDED, http_status=http_status, charge_id=charge_id, code=Cause.SUCCEEDED.value
+    )
+
+
+def _result_from_refund(http_status: int, data: dict[str, Any]) -> ProviderResult:
+    """A 2xx answer's refund: a valid id, a known status and, when given, a valid charge id."""
+    refund_id, refund_status, charge_id = data.get("id"), data.get("status"), data.get("charge", "")
+    if not isinstance(refund_id, str) or not CHARGE_ID_PATTERN.match(refund_id):
+        return _unusable(http_status, f"HTTP {http_status} without a valid refund id")
+    if not isinstance(refund_status, str) or refund_status not in REFUND_STATUSES:
+        return _unusable(http_status, f"HTTP {http_status} with an unexpected refund status")
+    if "charge" in data and not (isinstance(charge_id, str) and CHARGE_ID_PATTERN.match(charge_id)):
+        return _unusable(http_status, f"HTTP {http_status} with a refund for an unusable charge id")
+    outcome, cause = REFUND_STATUSES[refund_status]
+    code, message = cause.value, ""
+    if outcome == Outcome.DECLINED:
+        code = _safe_code(data.get("failure_reason")) or "refund_failed"
+        message = f"The refund failed ({code})."
+    return ProviderResult(
+        outcome=outcome,
+        http_status=http_status,
+        refund_id=refund_id,
+        charge_id=charge_id,
+        code=code,
+        message=message,
     )
 
 

@@ -18,13 +18,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import requests
 from django.conf import settings
 
 from core import metrics
 from payments.provider import deadline, misconfiguration
-from payments.provider.answers import CHARGE, LOOKUP, Asked, cause_of_answer, result_from_response
+from payments.provider.answers import (
+    CHARGE,
+    LOOKUP,
+    REFUND,
+    REFUND_LOOKUP,
+    Asked,
+    cause_of_answer,
+    result_from_response,
+)
 from payments.provider.attempts import (
     CUT_AT_DEADLINE,
     _AttemptRecorder,
@@ -242,6 +251,34 @@ class HttpProvider:
             "GET",
             f"{self.settings.url}/{provider_key}",
             asked=Asked(LOOKUP, provider_key, amount=amount, currency=currency, reference=reference),
+            body=None,
+        )
+
+    def _refunds_url(self, charge_key: str) -> str:
+        return f"{self.settings.url}/{quote(charge_key, safe='')}/refunds"
+
+    def refund(self, *, charge_key: str, refund_key: str, amount: int, charge_id: str = "") -> ProviderResult:
+        """POST {url}/{charge_key}/refunds with the refund's own Idempotency-Key: SUCCEEDED,
+        DECLINED (failed) or PENDING from the refund answered; NOT_FOUND only on the typed 404
+        `resource_missing` (no such charge: nothing refunded); the rest as a charge's answers,
+        with the same retries, deadlines, breaker and bulkhead."""
+        return self._guarded(
+            "POST",
+            self._refunds_url(charge_key),
+            asked=Asked(REFUND, refund_key, amount=amount, charge_id=charge_id),
+            body={"amount": amount},
+        )
+
+    def refund_lookup(
+        self, *, charge_key: str, refund_key: str, amount: int | None = None, charge_id: str = ""
+    ) -> ProviderResult:
+        """GET {url}/{charge_key}/refunds/{refund_key}: the refund made with that key, or
+        NOT_FOUND only on the typed 404 `resource_missing`. A refund for another charge than a
+        non-empty `charge_id` is UNKNOWN (with `mismatch`); another amount keeps its outcome."""
+        return self._guarded(
+            "GET",
+            f"{self._refunds_url(charge_key)}/{quote(refund_key, safe='')}",
+            asked=Asked(REFUND_LOOKUP, refund_key, amount=amount, charge_id=charge_id),
             body=None,
         )
 

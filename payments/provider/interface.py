@@ -31,6 +31,9 @@ class Outcome(enum.StrEnum):
     # `resource_missing` from its lookup route): it has no charge with this key *yet*. Any other
     # 404, an HTML page or a redirect is UNKNOWN.
     NOT_FOUND = "not_found"
+    # A refund only: the provider holds the refund, and its final status (succeeded or failed)
+    # comes later, from a refund lookup. A definitive answer: the provider has the refund.
+    PENDING = "pending"
 
 
 class Cause(enum.StrEnum):
@@ -47,7 +50,8 @@ class Cause(enum.StrEnum):
     PROVIDER_ERROR = "provider_error"  # 5xx: the provider says it did not process the request
     RATE_LIMITED = "rate_limited"  # 429: not processed
     MISCONFIGURED = "provider_misconfigured"  # 401/403, or 404 on a charge
-    NOT_FOUND = "not_found"  # a lookup's typed 404 resource_missing
+    NOT_FOUND = "not_found"  # a lookup's (or a refund's) typed 404 resource_missing
+    PENDING = "pending"  # a refund the provider holds, its final status to come
 
 
 # Cause of an attempt -> (the call's outcome if it was the last attempt, may it have charged?)
@@ -64,13 +68,16 @@ CAUSES: dict[Cause, tuple[Outcome, bool]] = {
     Cause.RATE_LIMITED: (Outcome.PROVIDER_ERROR, True),
     Cause.MISCONFIGURED: (Outcome.MISCONFIGURED, True),
     Cause.NOT_FOUND: (Outcome.NOT_FOUND, True),
+    Cause.PENDING: (Outcome.PENDING, True),
 }
 # Attempts that say the provider is unwell: these, and only these, count towards opening the breaker.
 BREAKER_FAILURES = frozenset(
     {Cause.TIMEOUT, Cause.DROPPED, Cause.UNUSABLE, Cause.CONNECTION_ERROR, Cause.PROVIDER_ERROR}
 )
 # Definitive answers: nothing later in the same call can make them unknown.
-DEFINITIVE = frozenset({Outcome.SUCCEEDED, Outcome.DECLINED, Outcome.REJECTED, Outcome.NOT_FOUND})
+DEFINITIVE = frozenset(
+    {Outcome.SUCCEEDED, Outcome.DECLINED, Outcome.REJECTED, Outcome.NOT_FOUND, Outcome.PENDING}
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,11 @@ class ProviderResult:
     # still a fact to record, but a person must look at it. A lookup's answer for another key or
     # reference is UNKNOWN (with this set): it says nothing about our charge.
     mismatch: str = ""
+    # A refund's answer: the provider's refund id (re_...); `charge_id` is then the charge it
+    # refunds (the answer's "charge"), and `outcome` SUCCEEDED (refunded), DECLINED (the refund
+    # failed), PENDING (held, final status later), NOT_FOUND (no such charge, or no such refund
+    # on a refund lookup), or as for charges.
+    refund_id: str = ""
 
     @property
     def charged(self) -> bool:
@@ -153,4 +165,21 @@ class PaymentProvider(Protocol):
     ) -> ProviderResult:
         """The charge made with `provider_key`, checked against the fields given; NOT_FOUND
         only from the provider's own typed "no such charge"."""
+        ...
+
+    def refund(self, *, charge_key: str, refund_key: str, amount: int, charge_id: str = "") -> ProviderResult:
+        """Refund `amount` of the charge made with idempotency key `charge_key`, under the refund's
+        own idempotency key `refund_key`. SUCCEEDED, DECLINED (failed) or PENDING from the
+        provider's refund; NOT_FOUND only from its typed "no such charge" (nothing refunded);
+        REJECTED for a refund it refuses (more than is left, a charge not succeeded). `mismatch`
+        is set when the refund answered is for another amount, or another charge than a
+        non-empty `charge_id`."""
+        ...
+
+    def refund_lookup(
+        self, *, charge_key: str, refund_key: str, amount: int | None = None, charge_id: str = ""
+    ) -> ProviderResult:
+        """The refund made with `refund_key` on the charge `charge_key`, checked against the
+        amount and charge id given; NOT_FOUND only from the provider's typed "no such refund".
+        One for another charge says nothing about ours and is UNKNOWN (with `mismatch`)."""
         ...
