@@ -18,6 +18,8 @@ FAKE_RESET_PATH = "/_fake/reset"
 FAKE_LEDGER_PATH = "/_fake/ledger"
 FAKE_FAULTS_PATH = "/_fake/faults"
 FAKE_FAULTS_CLEAR_PATH = "/_fake/faults/clear"
+FAKE_REFUNDS_PATH = "/_fake/refunds"
+FAKE_REFUNDS_SETTLE_PATH = "/_fake/refunds/settle"
 
 MAX_BODY_BYTES = 1_000_000
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -40,7 +42,18 @@ FAULT_KINDS_BY_TARGET: dict[str, frozenset[str]] = {
     "lookup": frozenset(
         {"hold", "drop_before", "status", "garbage", "trickle", "proxy_404", "redirect", "other_charge"}
     ),
+    # Keyed by the refund's own idempotency key.
+    "refund": frozenset(
+        {"hold", "slow", "drop_after", "drop_before", "status", "garbage", "trickle"}
+        | {"proxy_404", "redirect", "delayed_commit", "other_refund", "refund_pending", "refund_failed"}
+    ),
+    "refund_lookup": frozenset(
+        {"hold", "drop_before", "status", "garbage", "trickle", "proxy_404", "redirect", "other_refund"}
+    ),
 }
+# Faults that answer nothing themselves: they change what the request does, and it goes on under
+# the next matching fault, if any.
+MODIFIER_KINDS = frozenset({"delayed_commit", "refund_pending", "refund_failed"})
 # kind: (required parameters, optional parameters)
 FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "hold": (frozenset({"ms"}), frozenset()),
@@ -54,6 +67,9 @@ FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "redirect": (frozenset(), frozenset({"location"})),
     "delayed_commit": (frozenset({"ms"}), frozenset()),
     "other_charge": (frozenset(), frozenset({"variant"})),
+    "other_refund": (frozenset(), frozenset({"variant"})),
+    "refund_pending": (frozenset({"ms"}), frozenset({"variant"})),
+    "refund_failed": (frozenset(), frozenset()),
 }
 FAULT_PARAMETER_NAMES = ("ms", "status", "retry_after", "variant", "location")
 STRING_PARAMETERS = frozenset({"variant", "location"})
@@ -72,7 +88,16 @@ GARBAGE_VARIANTS = frozenset(
 # What an other_charge answer changes: amount (to 1), currency (to JPY), key (another idempotency
 # key and reference), or all of them.
 OTHER_CHARGE_VARIANTS = frozenset({"amount", "currency", "key", "all"})
-VARIANTS_BY_KIND = {"garbage": GARBAGE_VARIANTS, "other_charge": OTHER_CHARGE_VARIANTS}
+# What an other_refund answer changes: amount (to 1), charge (another charge's id), or both.
+OTHER_REFUND_VARIANTS = frozenset({"amount", "charge", "all"})
+# What a pending refund settles as once its `ms` have passed.
+REFUND_SETTLED_STATUSES = frozenset({"succeeded", "failed"})
+VARIANTS_BY_KIND = {
+    "garbage": GARBAGE_VARIANTS,
+    "other_charge": OTHER_CHARGE_VARIANTS,
+    "other_refund": OTHER_REFUND_VARIANTS,
+    "refund_pending": REFUND_SETTLED_STATUSES,
+}
 LONG_ID_LENGTH = 300
 DEEP_JSON_DEPTH = 50_000
 

@@ -1,4 +1,4 @@
-"""The fake provider itself: its ledger of charges, the fault queue, and the decisions per key."""
+"""The fake provider itself: its charges and refunds, the fault queue, and the decisions per key."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from fakeprovider.protocol import (
     FINAL_STATUSES,
     HEALTH_PATH,
     MAX_IDEMPOTENCY_KEY_LENGTH,
+    MODIFIER_KINDS,
     REDIRECT_LOCATION,
     AppliedFault,
     Fault,
@@ -36,6 +37,15 @@ from fakeprovider.protocol import (
     _Response,
     _status_error,
     _unauthorized,
+)
+from fakeprovider.refunds import (
+    _RefundMode,
+    _RefundState,
+    make_refund,
+    no_such_refund,
+    other_refund,
+    parse_refund_request,
+    refusal,
 )
 from fakeprovider.server import _Server
 
@@ -71,6 +81,12 @@ class FakeProvider:
         self._trickles: list[JsonObject] = []
         # delayed_commit faults taken for a key, applied when that key's charge is stored.
         self._commit_delays_ms: dict[str, int] = {}
+        # Refunds by their own idempotency key (each names its charge key), and what faults
+        # taken for a refund key do to its refund when it is made.
+        self._refunds: dict[str, _RefundState] = {}
+        self._refund_requests_by_key: dict[str, int] = {}
+        self._refund_commit_delays_ms: dict[str, int] = {}
+        self._refund_modes: dict[str, _RefundMode] = {}
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -151,6 +167,59 @@ class FakeProvider:
         with self._lock:
             return {key: dict(state.charge) for key, state in self._keys.items() if state.charged}
 
+    def refund_ledger(self) -> dict[str, dict[str, JsonObject]]:
+        """Each refund made, failed ones included, by charge key and then refund key:
+        {id, status, amount, charge, created} (and failure_reason when failed)."""
+        with self._lock:
+            self._settle_due_locked()
+            ledger: dict[str, dict[str, JsonObject]] = {}
+            for key, state in self._refunds.items():
+                if state.refund is not None:
+                    ledger.setdefault(state.request.charge_key, {})[key] = dict(state.refund)
+            return ledger
+
+    def refund_count(self, refund_key: str) -> int:
+        """1 if a refund with this key is made and not failed (succeeded, or pending), else 0."""
+        with self._lock:
+            self._settle_due_locked()
+            state = self._refunds.get(refund_key)
+            return int(state is not None and state.refund is not None and state.refund["status"] != "failed")
+
+    def total_refunds(self) -> int:
+        """Refunds made and not failed (succeeded or pending), over every charge."""
+        with self._lock:
+            self._settle_due_locked()
+            return sum(
+                s.refund is not None and s.refund["status"] != "failed" for s in self._refunds.values()
+            )
+
+    def refunded_amount(self, charge_key: str) -> int:
+        """What counts against the charge: its succeeded and pending refunds (and any being made)."""
+        with self._lock:
+            self._settle_due_locked()
+            return self._refunded_locked(charge_key)
+
+    def refund_request_count(self, refund_key: str) -> int:
+        with self._lock:
+            return self._refund_requests_by_key.get(refund_key, 0)
+
+    def refund_in_progress(self, refund_key: str) -> bool:
+        """Whether a refund request with this key is being processed (a `slow` fault's wait)."""
+        with self._lock:
+            state = self._refunds.get(refund_key)
+            return state is not None and state.in_progress
+
+    def settle_refund(self, refund_key: str, status: str | None = None) -> JsonObject | None:
+        """Settle a pending refund now, as `status` ("succeeded" or "failed"; by default what its
+        `refund_pending` fault said): the refund, or None if no refund with this key is pending."""
+        if status not in (None, "succeeded", "failed"):
+            raise ValueError("A refund settles as 'succeeded' or 'failed'.")
+        with self._lock:
+            state = self._refunds.get(refund_key)
+            if state is None or not state.settle(time.monotonic(), status or state.settles_to):
+                return None
+            return dict(state.refund or {})
+
     def inject(self, fault: Fault | Mapping[str, Any]) -> None:
         self.inject_many([fault])
 
@@ -178,7 +247,7 @@ class FakeProvider:
             return [dict(entry) for entry in self._trickles]
 
     def reset(self) -> None:
-        """Forget charges, request counts and faults, pending and applied."""
+        """Forget charges, refunds, request counts and faults, pending and applied."""
         with self._lock:
             self._keys.clear()
             self._requests_by_key.clear()
@@ -186,6 +255,10 @@ class FakeProvider:
             self._faults_applied.clear()
             self._trickles.clear()
             self._commit_delays_ms.clear()
+            self._refunds.clear()
+            self._refund_requests_by_key.clear()
+            self._refund_commit_delays_ms.clear()
+            self._refund_modes.clear()
 
     def _note_trickle(self, *, sent: int, total: int, hung_up: bool) -> None:
         with self._lock:
@@ -221,23 +294,77 @@ class FakeProvider:
             with self._lock:
                 self._requests_by_key[key] = self._requests_by_key.get(key, 0) + 1
         return self._serve(
-            "charge", key, lambda slow_ms: self._charge(authorization, key, raw_body, slow_ms=slow_ms)
+            "charge",
+            key,
+            lambda slow_ms: self._charge(authorization, key, raw_body, slow_ms=slow_ms),
+            stored=lambda: self._stored_charge(key) if key else None,
         )
 
     def _serve_lookup(self, authorization: str | None, raw_key: str) -> _Response | None:
         """The answer to a lookup, or None to close the connection without one."""
         key = unquote(raw_key)
-        return self._serve("lookup", key, lambda slow_ms: self._lookup(authorization, key))
+        return self._serve(
+            "lookup",
+            key,
+            lambda slow_ms: self._lookup(authorization, key),
+            stored=lambda: self._stored_charge(key),
+        )
 
-    def _serve(self, on: str, key: str | None, act: Callable[[int], _Response]) -> _Response | None:
-        """`act(slow_ms)` under the next matching fault, if any; None means drop the connection."""
+    def _serve_refund(
+        self, authorization: str | None, raw_charge_key: str, key: str | None, raw_body: bytes
+    ) -> _Response | None:
+        """The answer to a refund request (faults keyed by the refund's key), or None to drop it."""
+        charge_key = unquote(raw_charge_key)
+        if key:
+            with self._lock:
+                self._refund_requests_by_key[key] = self._refund_requests_by_key.get(key, 0) + 1
+        return self._serve(
+            "refund",
+            key,
+            lambda slow_ms: self._refund(authorization, charge_key, key, raw_body, slow_ms=slow_ms),
+            stored=lambda: self._stored_refund(key) if key else None,
+        )
+
+    def _serve_refund_lookup(
+        self, authorization: str | None, raw_charge_key: str, raw_refund_key: str
+    ) -> _Response | None:
+        """The answer to a refund lookup, or None to close the connection without one."""
+        charge_key, key = unquote(raw_charge_key), unquote(raw_refund_key)
+        return self._serve(
+            "refund_lookup",
+            key,
+            lambda slow_ms: self._refund_lookup(authorization, charge_key, key),
+            stored=lambda: self._stored_refund(key),
+        )
+
+    def _note_modifier(self, on: str, key: str, fault: Fault) -> None:
+        """A fault that changes what this key's request does (see MODIFIER_KINDS)."""
+        with self._lock:
+            if fault.kind == "delayed_commit" and on == "refund":
+                self._refund_commit_delays_ms[key] = fault.ms or 0
+            elif fault.kind == "delayed_commit":
+                self._commit_delays_ms[key] = fault.ms or 0
+            elif fault.kind == "refund_pending":
+                self._refund_modes[key] = _RefundMode("pending", fault.ms or 0, fault.variant or "succeeded")
+            elif fault.kind == "refund_failed":
+                self._refund_modes[key] = _RefundMode("failed")
+
+    def _serve(
+        self,
+        on: str,
+        key: str | None,
+        act: Callable[[int], _Response],
+        *,
+        stored: Callable[[], JsonObject | None],
+    ) -> _Response | None:
+        """`act(slow_ms)` under the next matching fault, if any; None means drop the connection.
+        `stored()` is the record the request stands for (a charge or a refund), if any."""
         fault = self._take_fault(on, key)
-        if fault is not None and fault.kind == "delayed_commit":
-            # Not an answer of its own: it changes when lookups see this key's charge, and the
-            # request goes on under the next matching fault, if any.
+        while fault is not None and fault.kind in MODIFIER_KINDS:
+            # Not an answer of its own: it changes what the request does (when lookups see the
+            # record, how a refund ends), and the request goes on under the next matching fault.
             if key:
-                with self._lock:
-                    self._commit_delays_ms[key] = fault.ms or 0
+                self._note_modifier(on, key, fault)
             fault = self._take_fault(on, key)
         if fault is None:
             return act(0)
@@ -255,12 +382,14 @@ class FakeProvider:
         if fault.kind == "hold":
             self._wait_ms(fault.ms or 0)
         if fault.kind == "other_charge":
-            return _other_charge(fault.variant or "all", self._stored_charge(key) if key else None)
+            return _other_charge(fault.variant or "all", stored())
+        if fault.kind == "other_refund":
+            return other_refund(fault.variant or "all", stored())
         if fault.kind == "trickle":
             return dataclasses.replace(response, trickle_ms=fault.ms or 1)
         if fault.kind == "garbage":
-            charge = self._stored_charge(key) if key else None
-            base = charge if charge is not None else response.body
+            record = stored()
+            base = record if record is not None else response.body
             return _garbage(fault.variant or "not_json", base if isinstance(base, dict) else {})
         return response
 
@@ -336,6 +465,122 @@ class FakeProvider:
         if charge is None or not committed:
             return _status_error(404)
         return _Response(200, charge)
+
+    def _settle_due_locked(self) -> None:
+        """Settle every pending refund whose time has come (the caller holds the lock)."""
+        now = time.monotonic()
+        for state in self._refunds.values():
+            state.settle(now)
+
+    def _refunded_locked(self, charge_key: str) -> int:
+        return sum(
+            state.request.amount
+            for state in self._refunds.values()
+            if state.request.charge_key == charge_key and state.counted()
+        )
+
+    def _stored_refund(self, key: str) -> JsonObject | None:
+        with self._lock:
+            state = self._refunds.get(key)
+            if state is None or state.refund is None:
+                return None
+            state.settle(time.monotonic())
+            return dict(state.refund)
+
+    def _refusal_locked(self, charge_key: str, amount: int) -> _Response | None:
+        """Why a new refund of `amount` cannot be made on this charge, or None (lock held)."""
+        charge_state = self._keys.get(charge_key)
+        charge = charge_state.charge if charge_state is not None else None
+        if charge_state is None or charge is None or time.monotonic() < charge_state.visible_at:
+            return _status_error(404)  # resource_missing: no charge with this key (yet)
+        if charge.get("status") != "succeeded":
+            return refusal("charge_not_refundable", "Only a succeeded charge can be refunded.")
+        self._settle_due_locked()
+        left = int(charge["amount"]) - self._refunded_locked(charge_key)
+        if amount > left:
+            message = f"Refund amount {amount} is more than what is left of the charge ({left})."
+            return refusal("amount_exceeds_remaining", message)
+        return None
+
+    def _refund(
+        self,
+        authorization: str | None,
+        charge_key: str,
+        key: str | None,
+        raw_body: bytes,
+        *,
+        slow_ms: int = 0,
+    ) -> _Response:
+        if not self._authorized(authorization):
+            return _unauthorized()
+        if not key:
+            return _invalid_request("The Idempotency-Key header is required.")
+        if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            return _invalid_request("The Idempotency-Key header is too long.")
+        try:
+            request = parse_refund_request(charge_key, raw_body)
+        except _InvalidRequestError as exc:
+            return _invalid_request(str(exc))
+
+        with self._lock:
+            state = self._refunds.get(key)
+            if state is not None and state.request.fingerprint != request.fingerprint:
+                message = "This idempotency key was already used with a different request body."
+                return _error(400, "idempotency_error", message, code="key_reused")
+            if state is not None and state.in_progress:
+                return _status_error(409)
+            if state is not None and state.refund is not None:
+                state.settle(time.monotonic())
+                replay = dict(state.refund)
+            else:
+                # Refused requests keep nothing: the same key may be sent again once it can be made.
+                refused = self._refusal_locked(charge_key, request.amount)
+                if refused is not None:
+                    return refused
+                state = self._refunds[key] = _RefundState(request, in_progress=True)
+                replay = None
+                charge = dict(self._keys[charge_key].charge or {})
+
+        self._simulate_latency(slow_ms)
+        if replay is not None:
+            return _Response(200, replay, (("Idempotent-Replayed", "true"),))
+        with self._lock:
+            # Made and released together: a retry sees either "in progress" or the refund.
+            now = time.monotonic()
+            make_refund(state, charge, self._refund_modes.pop(key, None), now)
+            state.visible_at = now + self._refund_commit_delays_ms.pop(key, 0) / 1000
+            state.in_progress = False
+            return _Response(200, dict(state.refund or {}))
+
+    def _refund_lookup(self, authorization: str | None, charge_key: str, key: str) -> _Response:
+        if not self._authorized(authorization):
+            return _unauthorized()
+        with self._lock:
+            state = self._refunds.get(key)
+            now = time.monotonic()
+            if state is None or state.refund is None or state.request.charge_key != charge_key:
+                return no_such_refund()
+            if now < state.visible_at:
+                return no_such_refund()
+            state.settle(now)
+            return _Response(200, dict(state.refund))
+
+    def _refunds_answer(self) -> _Response:
+        ledger = self.refund_ledger()
+        return _Response(200, {"total": self.total_refunds(), "by_charge": ledger})
+
+    def _settle_refund_answer(self, raw_body: bytes) -> _Response:
+        try:
+            body = _parse_json_object(raw_body)
+            key, status = body.get("refund_key"), body.get("status")
+            if not isinstance(key, str) or not key or set(body) - {"refund_key", "status"}:
+                raise _InvalidRequestError('Body must be {"refund_key": "...", "status": optional}.')
+            settled = self.settle_refund(key, status)
+        except (_InvalidRequestError, ValueError) as exc:
+            return _invalid_request(str(exc))
+        if settled is None:
+            return _invalid_request("No pending refund with this idempotency key.", status=404)
+        return _Response(200, settled)
 
     def _charge_counts(self) -> _Response:
         with self._lock:

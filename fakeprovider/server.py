@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import select
 import socket
 import sys
@@ -19,6 +20,8 @@ from fakeprovider.protocol import (
     FAKE_FAULTS_CLEAR_PATH,
     FAKE_FAULTS_PATH,
     FAKE_LEDGER_PATH,
+    FAKE_REFUNDS_PATH,
+    FAKE_REFUNDS_SETTLE_PATH,
     FAKE_RESET_PATH,
     HEALTH_PATH,
     MAX_BODY_BYTES,
@@ -38,6 +41,14 @@ class Backend(Protocol):
         self, authorization: str | None, key: str | None, raw_body: bytes
     ) -> _Response | None: ...
     def _serve_lookup(self, authorization: str | None, raw_key: str) -> _Response | None: ...
+    def _serve_refund(
+        self, authorization: str | None, raw_charge_key: str, key: str | None, raw_body: bytes
+    ) -> _Response | None: ...
+    def _serve_refund_lookup(
+        self, authorization: str | None, raw_charge_key: str, raw_refund_key: str
+    ) -> _Response | None: ...
+    def _refunds_answer(self) -> _Response: ...
+    def _settle_refund_answer(self, raw_body: bytes) -> _Response: ...
     def clear_faults(self) -> None: ...
     def reset(self) -> None: ...
     def _note_trickle(self, *, sent: int, total: int, hung_up: bool) -> None: ...
@@ -83,11 +94,19 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+# A charge's refunds (POST) and one refund (GET), keys percent-encoded; any other path below the
+# charges path is a charge lookup, as before refunds.
+REFUNDS_PATH = re.compile(rf"^{re.escape(CHARGES_PATH)}/([^/]+)/refunds$")
+REFUND_PATH = re.compile(rf"^{re.escape(CHARGES_PATH)}/([^/]+)/refunds/([^/]+)$")
+
+
 def _allowed_methods(path: str) -> tuple[str, ...]:
     """The methods a known path answers; none for an unknown path."""
-    if path in (HEALTH_PATH, FAKE_CHARGES_PATH, FAKE_LEDGER_PATH):
+    if path in (HEALTH_PATH, FAKE_CHARGES_PATH, FAKE_LEDGER_PATH, FAKE_REFUNDS_PATH):
         return ("GET",)
-    if path in (CHARGES_PATH, FAKE_RESET_PATH, FAKE_FAULTS_CLEAR_PATH):
+    if path in (CHARGES_PATH, FAKE_RESET_PATH, FAKE_FAULTS_CLEAR_PATH, FAKE_REFUNDS_SETTLE_PATH):
+        return ("POST",)
+    if REFUNDS_PATH.match(path):
         return ("POST",)
     if path == FAKE_FAULTS_PATH:
         return ("GET", "POST", "DELETE")
@@ -153,6 +172,10 @@ class _Handler(BaseHTTPRequestHandler):
             return provider._charge_counts()
         if path == FAKE_LEDGER_PATH:
             return provider._ledger_answer()
+        if path == FAKE_REFUNDS_PATH:
+            return provider._refunds_answer()
+        if path == FAKE_REFUNDS_SETTLE_PATH:
+            return provider._settle_refund_answer(raw_body)
         if path == FAKE_FAULTS_CLEAR_PATH:
             provider.clear_faults()
             return provider._faults_answer("GET", b"")
@@ -164,6 +187,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == CHARGES_PATH:
             key = self.headers.get("Idempotency-Key")
             return provider._serve_charge(authorization, key, raw_body)
+        if refunds := REFUNDS_PATH.match(path):
+            key = self.headers.get("Idempotency-Key")
+            return provider._serve_refund(authorization, refunds[1], key, raw_body)
+        if refund := REFUND_PATH.match(path):
+            return provider._serve_refund_lookup(authorization, refund[1], refund[2])
         return provider._serve_lookup(authorization, path.removeprefix(f"{CHARGES_PATH}/"))
 
     def _read_body(self) -> bytes | None:
