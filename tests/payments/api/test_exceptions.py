@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from fakeprovider import FakeProvider
 from payments import outcomes
 from payments.models import Transaction
-from tests.payments.api.helpers import answer_to, charge, error_of
+from tests.support.api import answer_to, charge, error_of
 
 
 def test_a_reused_key_answers_409_without_the_first_requests_transaction(

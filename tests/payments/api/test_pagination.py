@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from tests.payments.api.helpers import charge, error_of
+from tests.support.api import charge, error_of
 
 
 @pytest.mark.parametrize(

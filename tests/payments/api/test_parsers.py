@@ -7,7 +7,7 @@ from rest_framework.test import APIClient
 
 from fakeprovider import FakeProvider
 from payments.models import Transaction
-from tests.payments.api.helpers import error_of
+from tests.support.api import error_of
 
 
 def body(extra: str) -> bytes:
@@ -20,7 +20,8 @@ NOT_JSON = {
     "Infinity": body('"metadata": {"n": Infinity}'),
     "-Infinity": body('"metadata": {"n": -Infinity}'),
 }
-# A lone surrogate escape is JSON: the serializer refuses it, naming the field (tests/payments/test_api.py).
+# A lone surrogate escape is JSON: the serializer refuses it, naming the field
+# (tests/payments/api/test_views.py).
 
 
 @pytest.mark.parametrize("raw", NOT_JSON.values(), ids=NOT_JSON.keys())

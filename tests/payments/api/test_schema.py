@@ -10,7 +10,7 @@ from openapi_schema_validator import OAS31Validator
 from rest_framework.test import APIClient
 
 from fakeprovider import FakeProvider
-from tests.payments.api.helpers import answer_to
+from tests.support.api import answer_to
 
 
 @pytest.fixture

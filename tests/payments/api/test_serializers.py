@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from fakeprovider import FakeProvider
 from payments.models import Transaction
-from tests.payments.api.helpers import charge, error_of
+from tests.support.api import charge, error_of
 
 
 def matches(pattern: str, text: str) -> bool:

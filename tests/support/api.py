@@ -26,6 +26,16 @@ def error_of(response: Any, status: int, error_type: str) -> dict[str, Any]:
     return body
 
 
+def assert_error_body(response: Any, error_type: str) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error", "transaction"}
+    assert body["error"]["type"] == error_type
+    assert {"type", "code", "message", "retryable", "request_id"} <= set(body["error"])
+    assert body["error"]["request_id"] == response["X-Request-ID"]
+    assert body["error"]["message"]
+    return body
+
+
 def answer_to(api: APIClient, fake_provider: FakeProvider, settings: Any, answer: str) -> Any:
     """A charge that gets this row of the answers table, as the API answers it."""
     settings.PAYMENT_MAX_RETRIES = 0

@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 
 from fakeprovider import FakeProvider
 from payments.models import PaymentAttempt, Transaction
+from tests.support.api import assert_error_body
 from tests.support.health import held_connections
 from tests.support.service import pool_options, requires_pooled_mysql
 
@@ -25,16 +26,6 @@ def charge(
 ) -> Any:
     headers = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
     return api.post("/api/v1/charges", {**(body or CHARGE), **overrides}, format="json", **headers)
-
-
-def assert_error_body(response: Any, error_type: str) -> dict[str, Any]:
-    body = response.json()
-    assert set(body) == {"error", "transaction"}
-    assert body["error"]["type"] == error_type
-    assert {"type", "code", "message", "retryable", "request_id"} <= set(body["error"])
-    assert body["error"]["request_id"] == response["X-Request-ID"]
-    assert body["error"]["message"]
-    return body
 
 
 def test_successful_charge_is_recorded_with_one_attempt(api: APIClient, fake_provider: FakeProvider) -> None:

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from fakeprovider import FakeProvider
 from payments.models import Transaction
-from tests.payments.test_api import CHARGE, assert_error_body
+from tests.support.api import CHARGE, assert_error_body
 
 UNROUTED = [
     ("get", "/api/v1/nope"),
