@@ -1,8 +1,8 @@
 """health.credentials: the verdict on the provider credentials, shared through the database.
 
 Another process is played by rows written directly and by forgetting this process's own
-verdict (as a process that just started); tests/health/test_gunicorn_operator_view.py runs
-real workers."""
+verdict (as a process that just started); tests/health/test_gunicorn.py runs real
+workers."""
 
 from __future__ import annotations
 
