@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
@@ -27,7 +25,6 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 DESKTOP_VIEWPORT = {"width": 1280, "height": 900}
-SCREENSHOTS_DIR = Path(django_settings.BASE_DIR) / "docs" / "screenshots"
 USERNAME = "demo"
 PASSWORD = "demo-password"
 HEALTH_POLL_MS = 500
@@ -80,17 +77,3 @@ def pay_page(page: Page, live_server: Any, demo_user: Any) -> Callable[..., Page
         return page
 
     return open_page
-
-
-def fill_payment(page: Page, *, amount: str, card: str, currency: str = "USD", description: str = "") -> None:
-    page.get_by_label("Amount").fill(amount)
-    page.get_by_label("Currency").select_option(currency)
-    page.get_by_label("Description").fill(description)
-    page.get_by_label("Test card").select_option(label=card)
-
-
-def save_screenshot(page: Page, name: str) -> Path:
-    SCREENSHOTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS_DIR / name
-    page.screenshot(path=str(path), full_page=True)
-    return path

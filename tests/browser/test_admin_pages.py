@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 from fakeprovider import FakeProvider
 from payments import services
 from payments.models import Transaction
-from tests.browser.conftest import save_screenshot
+from tests.support.browser import save_screenshot
 from tests.support.factories import charge, unknown
 from tests.support.network import closed_port
 

@@ -14,7 +14,7 @@ from playwright.sync_api import Locator, Page, Route, expect
 from fakeprovider import FakeProvider
 from payments import outcomes, provider
 from payments.models import Transaction
-from tests.browser.conftest import fill_payment, save_screenshot
+from tests.support.browser import fill_payment, save_screenshot
 from tests.support.factories import make_due
 from tests.support.service import TEST_API_KEY
 

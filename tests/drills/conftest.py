@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +10,8 @@ import pytest
 
 from bench.infra import PrivateMariaDB, query
 from fakeprovider import FakeProvider
+from tests.support.drills import Certificates
 from tests.support.service import TEST_API_KEY
-
-requires_private_mariadb = pytest.mark.skipif(
-    not PrivateMariaDB.available(),
-    reason="needs mariadb-install-db and mariadbd (Debian: mariadb-server) to start a MariaDB of its own",
-)
 
 
 @pytest.fixture
@@ -30,16 +25,6 @@ def service_env(fake_provider: FakeProvider) -> dict[str, Any]:
         "PAYMENT_MAX_CONCURRENT_CALLS": "3",
         "LOG_LEVEL": "WARNING",
     }
-
-
-@dataclass(frozen=True)
-class Certificates:
-    """A throwaway CA, a server certificate it signed for 127.0.0.1, and an unrelated CA."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    other_ca: Path
 
 
 def _openssl(*args: str | Path, cwd: Path) -> None:

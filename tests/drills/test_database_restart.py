@@ -19,7 +19,7 @@ import pytest
 from bench.infra import Gunicorn, PrivateMariaDB, manage, query, reconcile
 from bench.load import Connection, Request, run_load
 from fakeprovider import FakeProvider
-from tests.drills.conftest import requires_private_mariadb
+from tests.support.drills import requires_private_mariadb
 
 pytestmark = [pytest.mark.slow, requires_private_mariadb]
 

@@ -21,7 +21,7 @@ import pytest
 
 from bench.infra import PYTHON, ROOT, Gunicorn, PrivateMariaDB, manage
 from paymentsite.config import EnvReader
-from tests.drills.conftest import Certificates, requires_private_mariadb
+from tests.support.drills import Certificates, requires_private_mariadb
 
 pytestmark = [pytest.mark.slow, requires_private_mariadb]
 
