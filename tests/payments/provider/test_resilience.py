@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,15 @@ from rest_framework.test import APIClient
 from fakeprovider import FakeProvider
 from payments import failpoints, provider
 from payments.models import Transaction
+from payments.provider.resilience import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    CircuitBreaker,
+    CircuitOpen,
+    ProviderBusy,
+    Resilience,
+)
 from tests.support.service import TEST_API_KEY
 
 CHARGE = {"amount": 1999, "currency": "USD", "source": "tok_visa"}
@@ -225,3 +235,201 @@ def test_calls_beyond_the_bulkhead_are_refused_at_once_writing_nothing(
     assert Transaction.objects.count() == 2, "a refused charge writes nothing"
     assert fake_provider.total_charges() == 2
     assert post(99, together=False).status_code == 201, "slots are given back after each call"
+
+
+# The breaker and the bulkhead on their own, with a clock the test moves: no provider, no sleeps.
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def fresh_breaker(clock: FakeClock, *, failures: int = 3, reset_s: float = 30) -> CircuitBreaker:
+    return CircuitBreaker(failure_threshold=failures, reset_timeout_s=reset_s, clock=clock)
+
+
+def opened(clock: FakeClock, **options: Any) -> CircuitBreaker:
+    breaker = fresh_breaker(clock, **options)
+    for _ in range(breaker.failure_threshold):
+        breaker.before_call()
+        breaker.record_failure()
+    assert breaker.snapshot().state == OPEN
+    return breaker
+
+
+def test_the_breaker_stays_closed_below_the_threshold_and_a_success_clears_the_count(
+    clock: FakeClock,
+) -> None:
+    breaker = fresh_breaker(clock)
+
+    breaker.record_failure()
+    breaker.record_failure()
+    assert (breaker.snapshot().state, breaker.snapshot().consecutive_failures) == (CLOSED, 2)
+    breaker.check()
+    breaker.before_call()
+    breaker.record_success()
+    breaker.record_failure()
+    breaker.record_failure()
+
+    snapshot = breaker.snapshot()
+    assert (snapshot.state, snapshot.consecutive_failures, snapshot.opened_total) == (CLOSED, 2, 0)
+
+
+def test_the_breaker_opens_at_the_threshold_and_refuses_until_the_reset_time(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="payments.provider.resilience"):
+        breaker = opened(clock, reset_s=30)
+
+    assert [record.event for record in caplog.records] == ["breaker.opened"]
+    snapshot = breaker.snapshot()
+    assert (snapshot.consecutive_failures, snapshot.retry_after_s, snapshot.opened_total) == (3, 30, 1)
+    clock.advance(29.9)
+    with pytest.raises(CircuitOpen) as refused_check:
+        breaker.check()
+    with pytest.raises(CircuitOpen) as refused_call:
+        breaker.before_call()
+    assert refused_check.value.retry_after_s == refused_call.value.retry_after_s == 1
+    assert breaker.snapshot().state == OPEN
+
+
+@pytest.mark.parametrize(("elapsed_s", "retry_after_s"), [(0, 30), (0.5, 30), (1, 29), (28.5, 2), (29.99, 1)])
+def test_retry_after_is_the_time_left_open_rounded_up_to_a_whole_second(
+    clock: FakeClock, elapsed_s: float, retry_after_s: int
+) -> None:
+    breaker = opened(clock, reset_s=30)
+    clock.advance(elapsed_s)
+
+    with pytest.raises(CircuitOpen) as refused:
+        breaker.check()
+    assert refused.value.retry_after_s == retry_after_s
+    assert breaker.snapshot().retry_after_s == retry_after_s
+
+
+def test_after_the_reset_time_the_breaker_half_opens_and_lets_one_trial_through(clock: FakeClock) -> None:
+    breaker = opened(clock, reset_s=30)
+    clock.advance(30)
+
+    assert (breaker.snapshot().state, breaker.snapshot().retry_after_s) == (HALF_OPEN, 0)
+    breaker.check()  # claims nothing: the trial is still free
+    breaker.check()
+    breaker.before_call()  # the trial
+    with pytest.raises(CircuitOpen) as second_call:
+        breaker.before_call()
+    with pytest.raises(CircuitOpen) as second_check:
+        breaker.check()
+    assert second_call.value.retry_after_s == second_check.value.retry_after_s == 1
+    assert breaker.snapshot().state == HALF_OPEN
+
+
+def test_a_successful_trial_closes_the_breaker(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    breaker = opened(clock)
+    clock.advance(30)
+    breaker.before_call()
+    caplog.clear()
+
+    with caplog.at_level(logging.INFO, logger="payments.provider.resilience"):
+        breaker.record_success()
+
+    assert [record.event for record in caplog.records] == ["breaker.closed"]
+    snapshot = breaker.snapshot()
+    assert (snapshot.state, snapshot.consecutive_failures, snapshot.opened_total) == (CLOSED, 0, 1)
+    breaker.before_call()
+    breaker.before_call()  # closed: every call is let through
+
+
+def test_a_failed_trial_reopens_the_breaker_for_a_full_reset_time_from_then(clock: FakeClock) -> None:
+    breaker = opened(clock, reset_s=30)
+    clock.advance(45)
+    breaker.before_call()
+
+    breaker.record_failure()  # one failure is enough while half-open
+
+    snapshot = breaker.snapshot()
+    assert (snapshot.state, snapshot.retry_after_s, snapshot.opened_total) == (OPEN, 30, 2)
+    clock.advance(29.9)
+    with pytest.raises(CircuitOpen):
+        breaker.before_call()
+    clock.advance(0.1)
+    breaker.before_call()  # the next trial
+    assert breaker.snapshot().state == HALF_OPEN
+
+
+def test_reset_closes_an_open_breaker_and_keeps_the_count_of_openings(clock: FakeClock) -> None:
+    breaker = opened(clock)
+
+    breaker.reset()
+
+    snapshot = breaker.snapshot()
+    assert (snapshot.state, snapshot.consecutive_failures, snapshot.opened_total) == (CLOSED, 0, 1)
+    breaker.check()
+
+
+def fresh_resilience(clock: FakeClock, *, slots: int = 2) -> Resilience:
+    return Resilience(failure_threshold=2, reset_timeout_s=10, max_concurrent_calls=slots, clock=clock)
+
+
+def test_guard_counts_an_unwell_answer_and_a_raised_error_as_failures(clock: FakeClock) -> None:
+    resilience = fresh_resilience(clock)
+
+    assert resilience.guard(lambda: 503, unwell=lambda status: status >= 500) == 503
+    with pytest.raises(ValueError):
+        resilience.guard(lambda: int("not a number"), unwell=lambda _: False)
+
+    assert resilience.state() == OPEN
+    with pytest.raises(CircuitOpen):
+        resilience.guard(lambda: 200, unwell=lambda _: False)
+    clock.advance(10)
+    assert resilience.state() == HALF_OPEN
+    assert resilience.guard(lambda: 200, unwell=lambda status: status >= 500) == 200
+    assert resilience.state() == CLOSED
+
+
+def test_a_trial_that_raises_does_not_leave_the_breaker_half_open_and_claimed(clock: FakeClock) -> None:
+    resilience = fresh_resilience(clock)
+    for _ in range(2):
+        resilience.guard(lambda: 503, unwell=lambda _: True)
+    clock.advance(10)
+
+    def answer_too_deep() -> int:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    with pytest.raises(RecursionError):
+        resilience.guard(answer_too_deep, unwell=lambda _: False)
+
+    assert resilience.state() == OPEN
+    clock.advance(10)
+    assert resilience.guard(lambda: 200, unwell=lambda _: False) == 200, "the next trial is let through"
+
+
+def test_the_bulkhead_refuses_a_call_beyond_its_slots_at_once_and_gives_slots_back(clock: FakeClock) -> None:
+    resilience = fresh_resilience(clock, slots=2)
+
+    with resilience.call_slot(), resilience.call_slot(), pytest.raises(ProviderBusy), resilience.call_slot():
+        pass
+    with resilience.call_slot(), resilience.call_slot():
+        pass  # both slots are free again, after a refusal too
+
+
+def test_an_open_breaker_refuses_a_slot_before_taking_one(clock: FakeClock) -> None:
+    resilience = fresh_resilience(clock, slots=1)
+    for _ in range(2):
+        resilience.guard(lambda: 503, unwell=lambda _: True)
+
+    with pytest.raises(CircuitOpen), resilience.call_slot():
+        pass
+    clock.advance(10)
+    with resilience.call_slot():  # the one slot was never taken by the refusal
+        resilience.admit()
