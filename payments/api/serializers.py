@@ -64,9 +64,15 @@ def _printable(key: Any) -> str:
 
 
 class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer only: "1999", 19.99 and true are refused, not coerced."""
+    """A JSON integer only: "1999", 19.99 and true are refused, not coerced.
+
+    1999.0 is one: JSON Schema (2020-12, the schema's dialect) calls any number with no fractional
+    part an integer, so a client that writes its amounts as doubles is not refused for it.
+    """
 
     def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, float) and data.is_integer():
+            data = int(data)
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)

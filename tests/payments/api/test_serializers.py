@@ -3,6 +3,7 @@ written or sent."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -12,7 +13,7 @@ from rest_framework.test import APIClient
 
 from fakeprovider import FakeProvider
 from payments.models import Transaction
-from tests.support.api import charge, error_of
+from tests.support.api import CHARGE, charge, error_of
 
 
 def matches(pattern: str, text: str) -> bool:
@@ -105,6 +106,40 @@ def test_metadata_beyond_the_schemas_limits_is_refused_by_both(
     response = charge(api, metadata=metadata)
 
     assert "metadata" in error_of(response, 400, "invalid_request")["error"]["fields"], why
+    assert fake_provider.total_charges() == 0
+
+
+def amount_schema_admits(api: APIClient, amount: Any) -> bool:
+    return OAS31Validator(request_schema(api)["amount"]).is_valid(amount)
+
+
+@pytest.mark.parametrize("amount", ["568.0", "5.68e2", "568.000"])
+def test_an_amount_written_as_a_whole_double_is_that_integer(
+    api: APIClient, fake_provider: FakeProvider, amount: str
+) -> None:
+    assert amount_schema_admits(api, json.loads(amount))  # JSON Schema 2020-12: 568.0 is an integer
+    body = json.dumps({**CHARGE, "amount": 0}).replace('"amount": 0', f'"amount": {amount}')
+
+    response = api.post(
+        "/api/v1/charges", body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="order-568"
+    )
+    again = charge(api, key="order-568", amount=568)
+
+    assert response.status_code == 201, response.content
+    assert response.json()["amount"] == 568 and isinstance(response.json()["amount"], int)
+    assert again.status_code == 201 and again["Idempotent-Replayed"] == "true", "the same request"
+    assert fake_provider.total_charges() == 1
+
+
+@pytest.mark.parametrize("amount", [19.99, 568.5, "1999", True])
+def test_an_amount_that_is_not_an_integer_is_refused_by_both(
+    api: APIClient, fake_provider: FakeProvider, amount: Any
+) -> None:
+    assert not amount_schema_admits(api, amount)
+
+    response = charge(api, amount=amount)
+
+    assert "amount" in error_of(response, 400, "invalid_request")["error"]["fields"]
     assert fake_provider.total_charges() == 0
 
 
