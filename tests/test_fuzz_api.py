@@ -1,13 +1,16 @@
-"""Fuzz the API against its own OpenAPI schema (schemathesis), over HTTP with a token.
+"""Fuzz the API against its own OpenAPI schema (schemathesis), over HTTP to a live server with a token.
 
-Short here (FUZZ_MAX_EXAMPLES, default 10 per operation); `make fuzz` runs it longer.
-Every check schemathesis has runs (no 5xx; every status, header and body as the schema
-says) but the two that judge our validation against what JSON Schema can express:
-`negative_data_rejection` (DRF is lenient by design: it reads `"description": 0` as "0")
-and `positive_data_acceptance` (a schema-valid token the provider does not know is rightly
-refused by the provider with 422, and the schema cannot say that metadata keys are at most
-40 characters, so schemathesis generates longer ones). Validation itself is tested case by
-case in tests/payments/test_api.py.
+Every check schemathesis has runs on every answer, none skipped: no 5xx; every status, header and
+body as the schema says; a request the schema admits is accepted (positive_data_acceptance) and
+one it refuses is refused (negative_data_rejection); a request without the token is refused
+(ignored_auth, missing_required_header); a method the schema does not list answers 405 with an
+Allow header. The one it leaves off unless told a limit, max_response_time, is a timing.
+
+Two tests: each operation alone (the schema's examples, then the coverage and fuzzing phases),
+and the stateful phase, which chains operations along the schema's links (a charge's answer
+to reading and canceling it, a page to reading its newest charge) and adds use_after_free and
+ensure_resource_availability. Short here (FUZZ_MAX_EXAMPLES, default 10 per operation and 10
+sequences); `make fuzz` runs it longer.
 """
 
 from __future__ import annotations
@@ -17,17 +20,22 @@ from typing import Any
 
 import pytest
 import schemathesis
-from django.core.wsgi import get_wsgi_application
+from django.test import Client
 from hypothesis import HealthCheck, settings
-from schemathesis import checks
 
 FUZZ_MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "10"))
+STATEFUL_STEPS = 10
 
+# The schema is read from the app in-process at collection (it needs no database); the requests
+# go to a live server, since the schema names no app to call. (schemathesis.pytest.from_fixture,
+# the lazy loader, fails on pytest 9: it sets `Function._nodeid`, which pytest no longer has.)
+schema = schemathesis.openapi.from_dict(Client().get("/api/schema/", {"format": "json"}).json())
 
-# The schema is read from the app in-process at collection (it needs no database); the requests go to
-# a live server. (schemathesis.pytest.from_fixture, the lazy loader, fails on pytest 9: it sets
-# `Function._nodeid`, which pytest no longer has.)
-schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
+FUZZ_SETTINGS = settings(
+    max_examples=FUZZ_MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture
@@ -37,16 +45,19 @@ def token_header(api_user_token: tuple[Any, str]) -> dict[str, str]:
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(
-    max_examples=FUZZ_MAX_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@FUZZ_SETTINGS
 def test_api_answers_every_generated_request_as_its_schema_says(
     case: Any, live_server: Any, token_header: dict[str, str]
 ) -> None:
-    case.call_and_validate(
-        base_url=live_server.url,
-        headers=token_header,
-        excluded_checks=[checks.negative_data_rejection, checks.positive_data_acceptance],
-    )
+    case.call_and_validate(base_url=live_server.url, headers=token_header)
+
+
+@pytest.mark.slow
+def test_api_answers_every_sequence_the_schemas_links_make_as_its_schema_says(
+    live_server: Any, token_header: dict[str, str]
+) -> None:
+    class Sequences(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": live_server.url, "headers": token_header}
+
+    Sequences.run(settings=settings(FUZZ_SETTINGS, stateful_step_count=STATEFUL_STEPS))
