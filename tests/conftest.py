@@ -1,16 +1,31 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from hypothesis.configuration import set_hypothesis_home_dir
 from rest_framework.test import APIClient
 
 from apikeys.models import APIKey
 from fakeprovider import FakeProvider
 from payments import provider
 from tests.support.service import TEST_API_KEY
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis (the model test, and schemathesis in the fuzz test) keeps its example database
+    and caches in a temporary directory, removed at the end, not in .hypothesis/ in the
+    repository's tree; HYPOTHESIS_STORAGE_DIRECTORY, when set, says where instead."""
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        return
+    home = tempfile.mkdtemp(prefix="paymentsite-hypothesis-")
+    set_hypothesis_home_dir(home)
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")
