@@ -43,7 +43,7 @@ lock:
 fuzz:
 	@scripts/bootstrap.sh --dev
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-300} DB_TEST_NAME=$${DB_TEST_NAME:-test_fuzz} \
-		.venv/bin/python -m pytest tests/test_fuzz_api.py $(PYTEST_ARGS)
+		.venv/bin/python -m pytest tests/payments/api/test_fuzz.py $(PYTEST_ARGS)
 
 # The exactly-once model test (tests/payments/test_model.py) for longer, with a random seed
 # (MODEL_SEED=N repeats a run); prints the seed, steps, faults injected and violations.

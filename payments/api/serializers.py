@@ -88,7 +88,7 @@ class StrictCharField(serializers.CharField):
 
 
 # The schema states what validation accepts, so that a schema-valid request is a valid one (the
-# fuzz test in tests/test_fuzz_api.py holds the API to its schema).
+# fuzz test in tests/payments/api/test_fuzz.py holds the API to its schema).
 @extend_schema_field({"type": "string", "enum": sorted(MINOR_UNIT_DIGITS), "examples": ["USD"]})
 class CurrencyField(StrictCharField):
     pass
