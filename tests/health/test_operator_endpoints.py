@@ -12,9 +12,9 @@ from django.test import Client
 
 from health import access
 from payments import provider
+from tests.support.config import run_check
 from tests.support.health import OPERATOR_TOKEN, held_connections, unreachable_database
 from tests.support.service import pool_options, requires_pooled_mysql
-from tests.test_config import run_check
 
 POD_IP_HOST = "10.42.7.19:8000"  # what a kubelet sends; not in ALLOWED_HOSTS
 BEARER = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from paymentsite.config import EnvReader
-from tests.test_config import run_check
+from tests.support.config import run_check
 
 ISSUE_URL = "http://provider.example.net\\@127.0.0.1/v1/charges"
 
