@@ -1,4 +1,5 @@
-"""The one settings module, driven by the environment (and `.env` when present).
+"""The one settings module, driven by the environment (and `.env` when present, unless
+DJANGO_READ_ENV_FILE=false).
 
 Every variable read here is in README.md's "Configuration" table and in
 .env.example. A bad value is collected in CONFIG_ERRORS and
@@ -19,10 +20,11 @@ from paymentsite.config import ENCRYPTED_SSL_MODES, PRODUCTION, EnvReader
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
-
 config = EnvReader(env)
+# DJANGO_READ_ENV_FILE=false (tests/service.env sets it) ignores a developer's .env, so that the
+# test suite and the processes it starts see only the environment they were given.
+if config.bool("DJANGO_READ_ENV_FILE", True) and (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = config.bool("DJANGO_DEBUG", False)
 # Production mode (DEBUG off) refuses a missing or development key, SQLite without

@@ -5,7 +5,10 @@ with `bash -euo pipefail` in the clone and must exit 0. After `<!-- runnable: un
 Ctrl-C -->` its one command runs in the background with unusual free ports in `HOST`,
 `PORT` and `PROVIDER_PORT` until it prints "Press Ctrl-C to stop."; then every `curl`
 line it printed must charge, and Ctrl-C (SIGINT to its process group, as a terminal
-sends it) must stop it and everything it started.
+sends it) must stop it and everything it started. After `<!-- runnable: the tests -->`
+(README's test command, after the Quick start, so with the `.env` it created in place) the
+block runs with `PYTEST_ARGS` naming a few quick test files and must exit 0: the tests give
+the same result with a developer's `.env`.
 
 The clone gets a `.venv` of its own whose directories are links to this checkout's:
 a fresh `scripts/bootstrap.sh --dev` takes over a minute and fills 650 MB.
@@ -34,7 +37,14 @@ from django.conf import settings
 from packaging.requirements import Requirement
 
 REPO = Path(settings.BASE_DIR)
-BLOCK = re.compile(r"^<!-- runnable(?P<until>: until Ctrl-C)? -->\n```sh\n(?P<body>.*?)^```$", re.M | re.S)
+BLOCK = re.compile(
+    r"^<!-- runnable(?:: (?P<kind>until Ctrl-C|the tests))? -->\n```sh\n(?P<body>.*?)^```$", re.M | re.S
+)
+UNTIL_CTRL_C, THE_TESTS = "until Ctrl-C", "the tests"
+# What the README's test command runs here: quick, and reading configuration the way a developer's
+# `.env` would change (tests/paymentsite/test_config.py failed with one before the tests ignored it).
+TESTS_SUBSET = "tests/paymentsite -q"
+TESTS_TIMEOUT_S = 600
 BANNER_END = "Press Ctrl-C to stop."
 BLOCK_TIMEOUT_S = 120
 START_TIMEOUT_S = 90
@@ -46,11 +56,15 @@ NEWCOMER_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPD
 @dataclass(frozen=True)
 class Block:
     body: str
-    until_ctrl_c: bool
+    kind: str | None  # None: runs to completion; UNTIL_CTRL_C; THE_TESTS
+
+    @property
+    def until_ctrl_c(self) -> bool:
+        return self.kind == UNTIL_CTRL_C
 
 
 def runnable_blocks(readme: str) -> list[Block]:
-    return [Block(match["body"], bool(match["until"])) for match in BLOCK.finditer(readme)]
+    return [Block(match["body"], match["kind"]) for match in BLOCK.finditer(readme)]
 
 
 def free_port() -> int:
@@ -89,10 +103,9 @@ def link_virtualenv(clone: Path) -> None:
     for name in ("bin", "include", "lib", "lib64", "share"):
         if (REPO / ".venv" / name).exists():
             (venv / name).symlink_to(REPO / ".venv" / name)
-    # The stamps scripts/bootstrap.sh looks for: `cat requirements.txt $file | sha256sum | cut -c1-16`.
-    runtime = (clone / "requirements.txt").read_bytes()
-    for extra in ("requirements.txt", "requirements-dev.txt"):
-        digest = hashlib.sha256(runtime + (clone / extra).read_bytes()).hexdigest()[:16]
+    # The stamps scripts/bootstrap.sh looks for: `.installed-$(sha256sum $lock | cut -c1-16)`.
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        digest = hashlib.sha256((clone / lock).read_bytes()).hexdigest()[:16]
         (venv / f".installed-{digest}").touch()
 
 
@@ -176,7 +189,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         server.process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def run_block(body: str, cwd: Path, env: dict[str, str]) -> None:
+def run_block(body: str, cwd: Path, env: dict[str, str], timeout_s: int = BLOCK_TIMEOUT_S) -> None:
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", body],
         cwd=cwd,
@@ -184,7 +197,7 @@ def run_block(body: str, cwd: Path, env: dict[str, str]) -> None:
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=BLOCK_TIMEOUT_S,
+        timeout=timeout_s,
     )
     assert result.returncode == 0, f"{body}\nexit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
@@ -213,12 +226,18 @@ def smoke_until_ctrl_c(server: Server, cwd: Path, env: dict[str, str]) -> None:
 def test_readme_runnable_blocks_work_on_a_fresh_clone(clone: Path, start_server: StartServer) -> None:
     blocks = runnable_blocks((clone / "README.md").read_text())
     assert any(block.until_ctrl_c for block in blocks), "the Quick start's `make run` block is not marked"
-    assert any(not block.until_ctrl_c for block in blocks), "the Quick start's set-up block is not marked"
+    assert any(block.kind is None for block in blocks), "the Quick start's set-up block is not marked"
+    assert "cp .env.example .env" in blocks[0].body, "the Quick start's first block creates .env"
+    assert [block.kind for block in blocks].count(THE_TESTS) == 1, "README's test command is not marked"
+    assert blocks[-1].kind == THE_TESTS, "README's test command runs after the Quick start's blocks"
     env = {name: os.environ[name] for name in NEWCOMER_VARIABLES if name in os.environ}
     env.update(HOST="127.0.0.1", PORT=str(free_port()), PROVIDER_PORT=str(free_port()))
 
     for block in blocks:
         if block.until_ctrl_c:
             smoke_until_ctrl_c(start_server(block.body, clone, env), clone, env)
+        elif block.kind == THE_TESTS:
+            assert (clone / ".env").is_file(), "the tests run with the Quick start's .env in place"
+            run_block(block.body, clone, {**env, "PYTEST_ARGS": TESTS_SUBSET}, TESTS_TIMEOUT_S)
         else:
             run_block(block.body, clone, env)

@@ -167,6 +167,7 @@ def test_9_lowering_the_attempt_limit_never_leaves_a_retry_that_never_comes(sett
 def test_10_a_reconcile_window_shorter_than_the_slowest_charge_stops_start_up() -> None:
     env = {
         "PATH": "/usr/bin:/bin",
+        "DJANGO_READ_ENV_FILE": "false",
         "DJANGO_DEBUG": "true",
         "PAYMENT_SERVICE_URL": "http://127.0.0.1:9/v1/charges",
         "PAYMENT_API_KEY": "sk_test",

@@ -21,11 +21,13 @@ VALID = {
     "PAYMENT_API_KEY": "sk_test_config_check",
 }
 OURS = ("PAYMENT_", "DB_", "DJANGO_", "DATABASE_URL")
+# Kept from the test run (tests/service.env): a developer's .env must not fill in what a test unset.
+KEPT = ("DJANGO_READ_ENV_FILE",)
 
 
 def service_env(**overrides: str | None) -> dict[str, str]:
     """VALID with overrides (None unsets), nothing inherited from the test run's own configuration."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(OURS)}
+    env = {key: value for key, value in os.environ.items() if key in KEPT or not key.startswith(OURS)}
     env.update(VALID)
     env.update(overrides)
     return {key: value for key, value in env.items() if value is not None}
