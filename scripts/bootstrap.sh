@@ -53,10 +53,12 @@ if [[ -n "$stale" ]]; then
   echo "$lock does not match the requirements (run \`make lock\` and commit the lock): ${stale//$'\n'/, }" >&2
   exit 1
 fi
-stamp=".venv/.installed-$(sha256sum "$lock" | cut -c1-16)"
+# One stamp per lock, named after the lock's content: `make run` (requirements.lock) and
+# `make test` (requirements-dev.lock) each find their own and install nothing the next time.
+stamp=".venv/.installed-$(sha256sum "$lock" | cut -c1-16).$lock"
 if [[ ! -f "$stamp" ]]; then
   echo "Installing Python packages from $lock"
   .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r "$lock"
-  rm -f .venv/.installed-*
+  rm -f .venv/.installed-*."$lock" .venv/.installed-????????????????  # this lock's older stamps
   touch "$stamp"
 fi

@@ -103,10 +103,10 @@ def link_virtualenv(clone: Path) -> None:
     for name in ("bin", "include", "lib", "lib64", "share"):
         if (REPO / ".venv" / name).exists():
             (venv / name).symlink_to(REPO / ".venv" / name)
-    # The stamps scripts/bootstrap.sh looks for: `.installed-$(sha256sum $lock | cut -c1-16)`.
+    # The stamps scripts/bootstrap.sh looks for: `.installed-$(sha256sum $lock | cut -c1-16).$lock`.
     for lock in ("requirements.lock", "requirements-dev.lock"):
         digest = hashlib.sha256((clone / lock).read_bytes()).hexdigest()[:16]
-        (venv / f".installed-{digest}").touch()
+        (venv / f".installed-{digest}.{lock}").touch()
 
 
 @pytest.fixture
