@@ -1,4 +1,4 @@
-.PHONY: run test lint format bootstrap bench fuzz soak lock
+.PHONY: run test screenshots lint format bootstrap bench fuzz soak lock
 
 # Runs the service on SQLite with the fake provider; Ctrl-C stops everything.
 run:
@@ -12,6 +12,13 @@ test:
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports --no-cache
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+# Regenerates README's screenshots (docs/screenshots/*.png) from the browser tests; `make test`
+# writes them to a temporary directory instead.
+screenshots:
+	@scripts/bootstrap.sh --dev
+	SCREENSHOT_DIR=$(CURDIR)/docs/screenshots DB_TEST_NAME=$${DB_TEST_NAME:-test_screenshots} \
+		.venv/bin/python -m pytest tests/browser/test_pay_page.py tests/browser/test_admin_pages.py -q $(PYTEST_ARGS)
 
 lint:
 	.venv/bin/ruff check .

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+from tests.support.browser import SCREENSHOT_DIR_VARIABLE, _screenshots_dir
 
 # Playwright's sync API runs an event loop in the test thread; without this
 # Django refuses the ORM calls the tests make to check outcomes.
@@ -28,6 +31,15 @@ DESKTOP_VIEWPORT = {"width": 1280, "height": 900}
 USERNAME = "demo"
 PASSWORD = "demo-password"
 HEALTH_POLL_MS = 500
+
+
+@pytest.fixture(scope="session", autouse=True)
+def screenshots_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    chosen = os.environ.get(SCREENSHOT_DIR_VARIABLE, "").strip()
+    directory = Path(chosen).resolve() if chosen else tmp_path_factory.mktemp("screenshots")
+    _screenshots_dir[:] = [directory]
+    yield directory
+    _screenshots_dir.clear()
 
 
 @pytest.fixture(scope="session")

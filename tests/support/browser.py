@@ -8,7 +8,11 @@ from pathlib import Path
 from django.conf import settings as django_settings
 from playwright.sync_api import Page
 
-SCREENSHOTS_DIR = Path(django_settings.BASE_DIR) / "docs" / "screenshots"
+# README's screenshots live in docs/screenshots; `make screenshots` writes them there by setting
+# SCREENSHOT_DIR. Without it they go to a temporary directory, so `make test` leaves the tree as it was.
+README_SCREENSHOTS_DIR = Path(django_settings.BASE_DIR) / "docs" / "screenshots"
+SCREENSHOT_DIR_VARIABLE = "SCREENSHOT_DIR"
+_screenshots_dir: list[Path] = []  # this session's directory, chosen by tests/browser/conftest.py
 
 
 def fill_payment(page: Page, *, amount: str, card: str, currency: str = "USD", description: str = "") -> None:
@@ -19,7 +23,9 @@ def fill_payment(page: Page, *, amount: str, card: str, currency: str = "USD", d
 
 
 def save_screenshot(page: Page, name: str) -> Path:
-    SCREENSHOTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS_DIR / name
+    """`name` in $SCREENSHOT_DIR (`make screenshots`: docs/screenshots), else in a temporary directory."""
+    directory = _screenshots_dir[0]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
     page.screenshot(path=str(path), full_page=True)
     return path
