@@ -8,9 +8,11 @@ from typing import Any
 import MySQLdb
 from django.conf import settings
 from django.core import checks
+from django.db import DatabaseError, connection
 from sqlalchemy import event
 from sqlalchemy.pool import QueuePool
 
+from core.db import missing_database_message
 from core.events import log_event
 
 logger = logging.getLogger("paymentsite.checks")  # the name it had before the move
@@ -22,6 +24,23 @@ def configuration_is_valid(app_configs: Any = None, **kwargs: Any) -> list[check
         checks.Error(message, hint="See .env.example and README.md, Configuration.", id="paymentsite.E001")
         for message in settings.CONFIG_ERRORS
     ]
+
+
+# Not Tags.database: Django runs those only when a command names a database, and plain
+# `manage.py check` must report a missing database too.
+@checks.register("database_exists")
+def database_exists(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The MariaDB database DATABASE_URL names exists (other connection problems are not configuration)."""
+    if settings.CONFIG_ERRORS or not settings.DATABASE_IS_POOLED:
+        return []
+    try:
+        connection.ensure_connection()
+    except DatabaseError as error:
+        message = missing_database_message(error)
+        return [checks.Error(message, id="paymentsite.E002")] if message else []
+    finally:
+        connection.close()
+    return []
 
 
 def raise_if_misconfigured() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from dj_db_conn_pool.core import pool_container
-from django.db import connection, connections
+from django.conf import settings
+from django.db import OperationalError, connection, connections
 from django.db.models.functions import Now
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import QueuePool
@@ -64,3 +65,23 @@ def reset_pool(alias: str = "default") -> None:
         pool = pool_container.pop(alias, None)
     if pool is not None:
         pool.dispose()
+
+
+# MariaDB's ER_BAD_DB_ERROR: the server is there, the database DATABASE_URL names is not.
+ER_BAD_DB_ERROR = 1049
+
+
+def missing_database_message(error: BaseException, alias: str = "default") -> str | None:
+    """One line for "the database does not exist", or None when `error` is something else.
+
+    The most likely first failure on MariaDB (README: create the database first); without
+    this it surfaces as a long traceback from deep inside the driver.
+    """
+    if not isinstance(error, OperationalError) or not error.args or error.args[0] != ER_BAD_DB_ERROR:
+        return None
+    database = settings.DATABASES[alias]
+    host, port, name = database["HOST"], database["PORT"] or 3306, database["NAME"]
+    return (
+        f"Unknown database {name!r} on {host}:{port} (DATABASE_URL): create it first, "
+        f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4, then run manage.py migrate."
+    )
