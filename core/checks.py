@@ -18,12 +18,23 @@ from core.events import log_event
 logger = logging.getLogger("paymentsite.checks")  # the name it had before the move
 
 
+# What a newcomer who has not created .env yet should do (README, Quick start).
+FIRST_RUN_HINT = (
+    "No .env was read (there is none, or DJANGO_READ_ENV_FILE=false). For a first run on a development "
+    "machine: cp .env.example .env (DJANGO_DEBUG=true, SQLite and the fake provider settle every error "
+    "above). In production, set the variables in the environment (README.md, Configuration)."
+)
+
+
 @checks.register(checks.Tags.compatibility, deploy=False)
 def configuration_is_valid(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    return [
+    errors: list[checks.CheckMessage] = [
         checks.Error(message, hint="See .env.example and README.md, Configuration.", id="paymentsite.E001")
         for message in settings.CONFIG_ERRORS
     ]
+    if errors and not settings.ENV_FILE_READ:
+        errors.append(checks.Info(FIRST_RUN_HINT, id="paymentsite.I001"))
+    return errors
 
 
 # Not Tags.database: Django runs those only when a command names a database, and plain

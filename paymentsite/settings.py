@@ -23,7 +23,9 @@ env = environ.Env()
 config = EnvReader(env)
 # DJANGO_READ_ENV_FILE=false (tests/service.env sets it) ignores a developer's .env, so that the
 # test suite and the processes it starts see only the environment they were given.
-if config.bool("DJANGO_READ_ENV_FILE", True) and (BASE_DIR / ".env").is_file():
+# Whether a .env was read: without one, the configuration check suggests creating it for a first run.
+ENV_FILE_READ = config.bool("DJANGO_READ_ENV_FILE", True) and (BASE_DIR / ".env").is_file()
+if ENV_FILE_READ:
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = config.bool("DJANGO_DEBUG", False)

@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -241,3 +242,27 @@ def test_readme_runnable_blocks_work_on_a_fresh_clone(clone: Path, start_server:
             run_block(block.body, clone, {**env, "PYTEST_ARGS": TESTS_SUBSET}, TESTS_TIMEOUT_S)
         else:
             run_block(block.body, clone, env)
+
+
+def test_quick_start_lists_everything_a_first_run_without_env_is_refused_for() -> None:
+    """What `manage.py check` reports in a newcomer's shell before `cp .env.example .env`."""
+    env = {name: os.environ[name] for name in NEWCOMER_VARIABLES if name in os.environ}
+    env["DJANGO_READ_ENV_FILE"] = "false"  # as if this checkout had no .env
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    readme = (REPO / "README.md").read_text()
+    paragraph = readme[readme.index("Without `.env`") :].split("\n\n", 1)[0]
+
+    errors = [line for line in result.stderr.splitlines() if "(paymentsite.E001)" in line]
+    named = [re.findall(r"\b[A-Z][A-Z0-9_]{3,}\b", line.split(")", 1)[1])[0] for line in errors]
+    assert result.returncode == 1
+    assert errors, result.stderr
+    assert [name for name in named if f"`{name}`" not in paragraph] == [], paragraph
+    assert "(paymentsite.I001)" in result.stderr and "cp .env.example .env" in result.stderr
+    assert "`paymentsite.I001`" in paragraph and "cp .env.example .env" in paragraph
