@@ -65,7 +65,8 @@ trap cleanup INT TERM EXIT
 
 .venv/bin/python manage.py migrate --noinput >/dev/null
 .venv/bin/python manage.py collectstatic --noinput >/dev/null
-token=$(API_CLIENT_PASSWORD=demo-password .venv/bin/python manage.py create_api_client demo --set-password --key-name "make run" 2>/dev/null)
+# --replace: each run revokes the previous run's key, so demo keeps one active "make run" key.
+token=$(API_CLIENT_PASSWORD=demo-password .venv/bin/python manage.py create_api_client demo --set-password --key-name "make run" --replace 2>/dev/null)
 SUPPORT_USER_PASSWORD=$support_password .venv/bin/python manage.py create_support_user "$support_user" >/dev/null
 
 # tok_timeout holds answers for 15 s: longer than the two 5 s attempts that fit in the

@@ -148,3 +148,34 @@ def test_api_keys_lists_creates_and_revokes() -> None:
 def test_bad_input_is_one_message(args: tuple[str, ...], message: str) -> None:
     with pytest.raises(CommandError, match=re.escape(message)):
         run(*args)
+
+
+def test_a_second_active_key_of_the_same_name_is_refused_unless_replaced() -> None:
+    first, _ = run("create_api_client", "shop")
+
+    refused = manage("create_api_client", "shop")
+
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        f"CommandError: API client 'shop' already has an active key named 'default' ({first[:8]}…): add "
+        "--replace to revoke it and issue a new one, or choose another --key-name."
+    ]
+    assert works(first.strip())
+    with pytest.raises(CommandError, match="already has an active key named 'backup'"):
+        run("api_keys", "create", "shop", "--key-name", "backup", "--expires-in-days", "1")
+        run("api_keys", "create", "shop", "--key-name", "backup")
+
+    second, err = run("create_api_client", "shop", "--replace")
+
+    assert f"Revoked API key {first[:8]}… 'default'" in err
+    assert not works(first.strip()) and works(second.strip())
+    active = APIKey.objects.filter(user__username="shop", name="default", revoked=False)
+    assert [key.prefix for key in active] == [second[:8]]
+
+
+def test_replace_without_an_active_key_of_that_name_just_issues_one() -> None:
+    run("create_api_client", "shop")
+    key, err = run("api_keys", "create", "shop", "--key-name", "ci", "--replace")
+
+    assert "Revoked" not in err and works(key.strip())
+    assert APIKey.objects.filter(user__username="shop", revoked=False).count() == 2

@@ -1,7 +1,7 @@
 """List, create and revoke a client's API keys.
 
 manage.py api_keys list CLIENT
-manage.py api_keys create CLIENT [--key-name NAME] [--expires-in-days DAYS]   # prints the key once
+manage.py api_keys create CLIENT [--key-name NAME] [--expires-in-days DAYS] [--replace]  # printed once
 manage.py api_keys revoke PREFIX [--client CLIENT]
 """
 
@@ -56,10 +56,10 @@ class Command(BaseCommand):
             )
 
     def handle_create(
-        self, *, client: str, key_name: str, expires_in_days: int | None, **options: Any
+        self, *, client: str, key_name: str, expires_in_days: int | None, replace: bool, **options: Any
     ) -> None:
         expires_at = new_key_expiry(key_name, expires_in_days)
-        issue_and_print(self, _client(client), key_name, expires_at)
+        issue_and_print(self, _client(client), key_name, expires_at, replace=replace)
 
     def handle_revoke(self, *, prefix: str, client: str | None, **options: Any) -> None:
         keys = APIKey.objects.filter(prefix=prefix, revoked=False)

@@ -16,7 +16,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apikeys.cli import add_new_key_arguments, issue_and_print, new_key_expiry
+from apikeys.cli import active_keys_named, add_new_key_arguments, issue_and_print, new_key_expiry
 
 PASSWORD_ENV = "API_CLIENT_PASSWORD"
 
@@ -57,9 +57,13 @@ class Command(BaseCommand):
         rotate: bool,
         key_name: str,
         expires_in_days: int | None,
+        replace: bool,
         **options: Any,
     ) -> None:
         expires_at = new_key_expiry(key_name, expires_in_days)
+        existing = get_user_model().objects.filter(username=username).first()
+        if existing is not None and not rotate:  # refused before the password is asked for or set
+            active_keys_named(existing, key_name, replace=replace)
         password = read_password(username) if set_password else None
         user, created = get_user_model().objects.get_or_create(username=username)
         if password is not None:
@@ -73,4 +77,4 @@ class Command(BaseCommand):
             revoked = user.api_keys.filter(revoked=False).update(revoked=True)
             self.stderr.write(f"Revoked {revoked} earlier key(s).")
         self.stderr.write(f"{'Created' if created else 'Found'} API client {username!r}.")
-        issue_and_print(self, user, key_name, expires_at)
+        issue_and_print(self, user, key_name, expires_at, replace=replace)
