@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
+from django.views.decorators.cache import cache_control
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -11,6 +12,14 @@ from payments import pages
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
+    # What every browser asks for on every page (an SVG, which browsers take at this path too).
+    path(
+        "favicon.ico",
+        cache_control(max_age=86400, public=True)(
+            TemplateView.as_view(template_name="favicon.svg", content_type="image/svg+xml")
+        ),
+        name="favicon",
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("payments.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

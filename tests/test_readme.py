@@ -11,7 +11,7 @@ block runs with `PYTEST_ARGS` naming a few quick test files and must exit 0: the
 the same result with a developer's `.env`.
 
 The clone gets a `.venv` of its own whose directories are links to this checkout's:
-a fresh `scripts/bootstrap.sh --dev` takes over a minute and fills 650 MB.
+a fresh `scripts/bootstrap.sh --dev` fills 722 MB (README, Tests).
 Its install stamps are written only when the installed packages satisfy the clone's
 requirements, so `bootstrap.sh` in the clone finds nothing to install.
 """
@@ -203,8 +203,32 @@ def run_block(body: str, cwd: Path, env: dict[str, str], timeout_s: int = BLOCK_
     assert result.returncode == 0, f"{body}\nexit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
 
+def line_patterns(readme: str, env: dict[str, str]) -> list[re.Pattern[str]]:
+    """README's "prints" block for `make run`, one pattern per line (`…` matches anything)."""
+    block = re.search(r"and prints \(.*?\n\n```\n(?P<lines>.*?)```", readme, re.S)
+    assert block, "README shows what `make run` prints"
+    text = block["lines"].replace("dDz6E0r9.bA10…", "…")  # the example token
+    text = text.replace(":8000", f":{env['PORT']}").replace(":8099", f":{env['PROVIDER_PORT']}")
+    return [re.compile(".*?".join(map(re.escape, line.split("…")))) for line in text.splitlines()]
+
+
+def assert_readme_shows_what_it_prints(readme: str, printed: str, env: dict[str, str]) -> None:
+    """Every line printed up to the banner's end is one README shows, and every one README shows is printed.
+
+    Not compared line by line: the fake provider and the server start at once, so their first
+    lines may come in either order.
+    """
+    patterns = line_patterns(readme, env)
+    lines = printed[: printed.index(BANNER_END) + len(BANNER_END)].splitlines()
+    unshown = [line for line in lines if not any(pattern.fullmatch(line) for pattern in patterns)]
+    unprinted = [pattern.pattern for pattern in patterns if not any(map(pattern.fullmatch, lines))]
+    assert unshown == [], f"printed, but README does not show it:\n{printed}"
+    assert unprinted == [], f"README shows it, but it was not printed:\n{printed}"
+
+
 def smoke_until_ctrl_c(server: Server, cwd: Path, env: dict[str, str]) -> None:
     banner = server.wait_for_banner()
+    assert_readme_shows_what_it_prints((cwd / "README.md").read_text(), banner, env)
     assert f"Paymentsite is running at http://127.0.0.1:{env['PORT']}/" in banner
     charges = [line.strip() for line in banner.splitlines() if line.strip().startswith("curl ")]
     assert charges, banner
