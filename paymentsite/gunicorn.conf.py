@@ -150,7 +150,8 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    # The app is loaded in this worker: start its own threads, after the fork. The provider
+    # The app is loaded in this worker: start its own threads, after the fork (paymentsite.wsgi
+    # has started the first two already unless preload_app is on; start() is idempotent). The provider
     # probe runs before the first /health/ asks; the credentials thread shares this worker's
     # verdict on the provider credentials with the others through the database; the publisher
     # writes pool and breaker gauges for the other workers' scrapes (multiprocess mode only).
