@@ -27,7 +27,7 @@ from django.db.models import QuerySet
 from core import options as option_types
 from core.events import log_event
 from payments.errors import ProviderUnavailable
-from payments.models import Transaction
+from payments.models import Refund, Transaction
 from payments.services import ERROR_OUTCOMES, ActionOutcome, ActionResult
 
 logger = logging.getLogger("payments.commands")
@@ -97,6 +97,7 @@ class _Run:
 
 class BatchCommand(BaseCommand):
     default_limit = 100
+    model: type[Transaction] | type[Refund] = Transaction  # what --id names and the rows are
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -132,7 +133,7 @@ class BatchCommand(BaseCommand):
     def work_one(self, *, transaction_id: uuid.UUID, options: dict[str, Any]) -> ActionResult:
         raise NotImplementedError
 
-    def dry_run_candidates(self, options: dict[str, Any]) -> QuerySet[Transaction]:
+    def dry_run_candidates(self, options: dict[str, Any]) -> QuerySet[Any]:
         raise NotImplementedError
 
     def before_work(self, options: dict[str, Any]) -> None:
@@ -144,10 +145,11 @@ class BatchCommand(BaseCommand):
         unknown = sorted(
             str(pk)
             for pk in set(options["transaction_ids"])
-            - set(Transaction.objects.filter(pk__in=options["transaction_ids"]).values_list("pk", flat=True))
+            - set(self.model.objects.filter(pk__in=options["transaction_ids"]).values_list("pk", flat=True))
         )
         if unknown:
-            raise CommandError(f"No transaction with id {', '.join(unknown)}.", returncode=EXIT_USAGE)
+            what = self.model._meta.verbose_name
+            raise CommandError(f"No {what} with id {', '.join(unknown)}.", returncode=EXIT_USAGE)
         started = time.monotonic()
         if options["dry_run"]:
             self._report_dry_run(options, started)

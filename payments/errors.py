@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from payments import outcomes, transitions
-from payments.models import Transaction
+from payments import outcomes, refund_transitions, transitions
+from payments.models import Refund, Transaction
 
 
 class PaymentError(Exception):
@@ -31,6 +31,7 @@ class PaymentError(Exception):
         replayed: bool = False,
         extra: dict[str, Any] | None = None,
         retry_after_s: int | None = None,
+        refund: Refund | None = None,
     ) -> None:
         answer = outcomes.answer(self.answer_name)
         self.answer = answer
@@ -41,6 +42,7 @@ class PaymentError(Exception):
         self.code = code or answer.code
         self.retryable = answer.retryable
         self.transaction = transaction
+        self.refund = refund  # set on a refund's answers, beside the charge (`transaction`)
         self.replayed = replayed
         self.extra = extra or {}
         if retry_after_s is not None:
@@ -130,3 +132,42 @@ def error_for(txn: Transaction, *, replayed: bool = False) -> PaymentError | Non
         # Tries spent, or flagged by support: nothing will send it again on its own.
         return NeedsReview(transaction=txn, replayed=replayed)
     return RetryScheduled(code=txn.error_code or "provider_error", transaction=txn, replayed=replayed)
+
+
+class NotRefundable(PaymentError):
+    answer_name = "not_refundable"
+
+
+class RefundTooLarge(PaymentError):
+    answer_name = "refund_too_large"
+
+
+class RefundUnavailable(PaymentError):
+    answer_name = "refund_unavailable"
+    retry_after_s = 1
+
+
+class RefundError(PaymentError):
+    """A refund's own answer (its row of payments.outcomes.refunds), named per instance."""
+
+    def __init__(self, answer_name: str, **kwargs: Any) -> None:
+        self.answer_name = answer_name
+        if answer_name == "refund_in_progress":
+            self.retry_after_s = 1
+        super().__init__(**kwargs)
+
+
+def refund_error_for(refund: Refund, *, charge: Transaction, replayed: bool = False) -> PaymentError | None:
+    """The API's answer for this refund as it stands: None when it succeeded or the provider
+    holds it (the refund itself is the answer, 201 or 202)."""
+    name = refund_transitions.refund_answer_name(refund)
+    if name in ("refund_succeeded", "refund_pending"):
+        return None
+    code = refund.error_code or None
+    extra: dict[str, Any] = {}
+    if name == "refund_failed":
+        code = None  # the answer's own code; the provider's reason is provider_code
+        extra = {"provider_code": refund.error_code} if refund.error_code else {}
+    if name in ("refund_in_progress", "refund_canceled"):
+        code = None
+    return RefundError(name, code=code, transaction=charge, refund=refund, replayed=replayed, extra=extra)

@@ -16,6 +16,10 @@ def new_provider_key() -> str:
     return f"ps_{uuid.uuid4().hex}"
 
 
+def new_refund_key() -> str:
+    return f"rf_{uuid.uuid4().hex}"
+
+
 class CardSourceField(models.CharField):
     """The full card source: every value written or read is noted for the log redaction.
 
@@ -121,6 +125,7 @@ class Transaction(models.Model):
         permissions = [
             ("retry_transaction", "Can retry and reconcile failed transactions"),
             ("cancel_transaction", "Can cancel failed transactions"),
+            ("refund_transaction", "Can refund succeeded transactions"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -151,12 +156,102 @@ class Transaction(models.Model):
         return bool(self.review_reason) and not self.is_terminal
 
 
+class Refund(models.Model):
+    """Money given back for a succeeded charge: one refund request, sent once under its own key.
+
+    Under the charge's row lock, succeeded, pending and unknown refunds never add up to more
+    than the charge (payments.services.refunds); the moves between statuses are
+    payments.transitions.REFUND_TABLE.
+    """
+
+    class Status(models.TextChoices):
+        # Being sent right now (claim_token set), or held by the provider (no claim, the
+        # provider's id known): its final status comes later.
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"  # not refunded: refused by the provider, or it could not take it
+        UNKNOWN = "unknown"  # may have been refunded; reconcile_refunds finds out
+        CANCELED = "canceled"  # not refunded and given up on: never sent again
+
+    class ErrorType(models.TextChoices):
+        REFUND_FAILED = "refund_failed"  # the provider refused the refund: final
+        PROVIDER_ERROR = "provider_error"  # not refunded; the same request may be sent again
+        OUTCOME_UNKNOWN = "outcome_unknown"
+
+    class Reason(models.TextChoices):
+        REQUESTED_BY_CUSTOMER = "requested_by_customer"
+        DUPLICATE = "duplicate"
+        FRAUDULENT = "fraudulent"
+        CHARGED_AFTER_CANCEL = "charged_after_cancel"
+        OTHER = "other"
+
+    COUNTED_STATUSES = frozenset({Status.PENDING, Status.SUCCEEDED, Status.UNKNOWN})
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="refunds")
+    client = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="refunds")
+    amount = models.PositiveBigIntegerField(help_text="In the charge's currency's minor unit.")
+    currency = models.CharField(max_length=3)
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    note = models.CharField(max_length=500, blank=True)
+    requested_by = models.CharField(max_length=200, help_text="Who asked: an API client or a support user.")
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    error_type = models.CharField(max_length=32, choices=ErrorType.choices, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.CharField(max_length=500, blank=True)
+
+    idempotency_key = BinaryCharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64)
+    provider_idempotency_key = models.CharField(max_length=64, unique=True, default=new_refund_key)
+    provider_refund_id = models.CharField(max_length=64, blank=True)
+
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="Refund calls; each may make several HTTP attempts."
+    )
+    # When the latest refund call began (the database's clock): a lookup that finds nothing
+    # proves nothing until PAYMENT_RECONCILE_AFTER_S after it.
+    refund_started_at = models.DateTimeField(null=True, blank=True, db_default=DatabaseNow())
+    claim_token = models.CharField(max_length=32, blank=True, editable=False)
+    claimed_at = models.DateTimeField(null=True, blank=True, editable=False, db_default=DatabaseNow())
+    review_reason = models.CharField(max_length=200, blank=True)
+    last_request_id = models.CharField(max_length=128, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "idempotency_key"], name="unique_refund_idempotency_key"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "updated_at"], name="refund_status_updated")]
+
+    def __str__(self) -> str:
+        return f"refund {self.id} {self.amount_display} {self.status}"
+
+    @property
+    def amount_display(self) -> str:
+        return format_minor_units(self.amount, self.currency)
+
+    @property
+    def held_by_provider(self) -> bool:
+        """Pending with no claim: the provider answered "pending" and settles it later."""
+        return self.status == self.Status.PENDING and not self.claim_token
+
+
 class PaymentAttempt(models.Model):
     """One HTTP attempt to the provider: an append-only audit trail."""
 
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="attempt_log")
+    # Set for a refund's attempts (kind refund or refund_lookup), numbered with the charge's.
+    refund = models.ForeignKey(
+        Refund, on_delete=models.PROTECT, null=True, blank=True, related_name="attempt_log"
+    )
     number = models.PositiveIntegerField()
-    kind = models.CharField(max_length=16, default="charge")  # charge or lookup
+    kind = models.CharField(max_length=16, default="charge")  # charge, lookup, refund or refund_lookup
     started_at = models.DateTimeField()
     duration_ms = models.PositiveIntegerField()
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)

@@ -13,6 +13,8 @@ SUPPORT_PERMISSIONS = (
     "view_paymentattempt",
     "retry_transaction",
     "cancel_transaction",
+    "view_refund",
+    "refund_transaction",  # refunds from the transaction's page (granted by create_support_user)
 )
 
 

@@ -21,7 +21,9 @@ def transaction_get(*, transaction_id: uuid.UUID) -> Transaction:
 
 
 def transactions_for_client(*, client: AbstractBaseUser, status: str | None = None) -> QuerySet[Transaction]:
-    queryset = Transaction.objects.filter(client=client).order_by("-created_at", "-pk")
+    queryset = (
+        Transaction.objects.filter(client=client).prefetch_related("refunds").order_by("-created_at", "-pk")
+    )
     if status:
         queryset = queryset.filter(status=status)
     return queryset

@@ -36,6 +36,7 @@ class Event(enum.StrEnum):
     NOT_FOUND = "not_found"  # a lookup after the window: the provider has no charge for the key
     MISMATCH = "mismatch"  # an answer for another amount, currency or key: proves nothing about ours
     CANCEL = "cancel"  # given up on: never sent again
+    PROVIDER_PENDING = "provider_pending"  # refunds: the provider holds it and settles it later
 
 
 class Actor(enum.StrEnum):
@@ -126,29 +127,29 @@ class ActorNotAllowed(Exception):
     """A code path triggered a move the table does not give it: a bug, never a user's error."""
 
 
-def move(status: str, event: Event, *, by: Actor) -> str | None:
+def move(status: str, event: Event, *, by: Actor, table: dict[tuple[str, Event], Move] = TABLE) -> str | None:
     """The status `event` moves a row in `status` to, or None when the table has no such move
-    (the row stays as it is)."""
-    found = TABLE.get((status, event))
+    (the row stays as it is). `table`: TABLE for charges, REFUND_TABLE for refunds."""
+    found = table.get((status, event))
     if found is None:
         return None
     if by not in found.by:
-        raise ActorNotAllowed(f"{by} may not {event} a {status} payment")
+        raise ActorNotAllowed(f"{by} may not {event} a {status} row")
     return found.to
 
 
-def claimable(*, by: Actor) -> tuple[str, ...]:
+def claimable(*, by: Actor, table: dict[tuple[str, Event], Move] = TABLE) -> tuple[str, ...]:
     """The statuses `by` may claim a row from."""
     return tuple(
-        status for (status, event), found in TABLE.items() if event == Event.CLAIM and by in found.by
+        status for (status, event), found in table.items() if event == Event.CLAIM and by in found.by
     )
 
 
-def render_table() -> str:
-    """The table as Markdown, for docs/architecture.md."""
+def render_table(table: dict[tuple[str, Event], Move] = TABLE, names: dict[Actor, str] = ACTOR_NAMES) -> str:
+    """A table as Markdown, for docs/architecture.md."""
     lines = ["| From | Event | To | Who | Why |", "| --- | --- | --- | --- | --- |"]
-    for (status, event), found in TABLE.items():
-        who = "; ".join(ACTOR_NAMES[actor] for actor in Actor if actor in found.by)
+    for (status, event), found in table.items():
+        who = "; ".join(names[actor] for actor in Actor if actor in found.by)
         lines.append(f"| {status} | {event} | {found.to} | {who} | {found.why} |")
     return "\n".join(lines) + "\n"
 

@@ -4,6 +4,8 @@
 - `support`: retry, reconcile, cancel and flag (support staff and the batch commands).
 - `settlement`: recording a provider's answer under a row lock; `claims`: taking a row to
   work on and giving it back.
+- `refunds`: the refund path; `refund_settlement`, `refund_reconcile`: recording a refund's
+  answer, and reconcile_refunds' lookups.
 - `users`: setting up support staff.
 
 The names below are the services' public interface; entry points import them from here.
@@ -12,6 +14,13 @@ The names below are the services' public interface; entry points import them fro
 from payments.roles import SUPPORT_GROUP_NAME
 from payments.services.charge import Charged, ChargeRequest, charge_create
 from payments.services.claims import ERROR_OUTCOMES, ActionOutcome, ActionResult
+from payments.services.refund_reconcile import (
+    refund_cancel,
+    refund_reconcile,
+    refund_reconcile_next,
+    refunds_to_reconcile,
+)
+from payments.services.refunds import Refunded, RefundRequest, refund_create, refundable, refunded
 from payments.services.support import (
     charge_cancel,
     charge_reconcile,
@@ -30,6 +39,8 @@ __all__ = [
     "ActionResult",
     "ChargeRequest",
     "Charged",
+    "RefundRequest",
+    "Refunded",
     "charge_cancel",
     "charge_create",
     "charge_reconcile",
@@ -38,5 +49,12 @@ __all__ = [
     "charge_retry_next",
     "flag_exhausted",
     "reconcile_after",
+    "refund_cancel",
+    "refund_create",
+    "refund_reconcile",
+    "refund_reconcile_next",
+    "refundable",
+    "refunded",
+    "refunds_to_reconcile",
     "support_user_create",
 ]

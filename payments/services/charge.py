@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +40,7 @@ from payments.services.settlement import (
     assign,
     count_charge,
     interrupted_fields,
+    provider_call_slot,
     send_charge,
     settle_with_retry,
 )
@@ -88,7 +88,7 @@ def charge_create(
         existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key)
         if existing is not None:
             return _resume(existing, request.fingerprint())
-    with _provider_call_slot():
+    with provider_call_slot():
         failpoints.hit("charge.before_insert")
         txn = _insert_pending(client=client, request=request, idempotency_key=idempotency_key)
         if txn is not None:
@@ -134,7 +134,7 @@ def _resume(txn: Transaction, fingerprint: str) -> Charged:
     sendable = txn.status in (Status.FAILED, Status.UNKNOWN) and transitions.attempts_left(txn)
     if not (sendable or transitions.abandoned(txn, now=timezone.now())):
         return raise_for_status(txn, replayed=True)
-    with _provider_call_slot():
+    with provider_call_slot():
         # Sending again with the same provider key is safe: the provider charges it at most once.
         previous = _claim_for_charge(txn)
         if previous is None:
@@ -162,23 +162,6 @@ def _claim_for_charge(txn: Transaction) -> Transaction | None:
     assign(txn, interrupted)  # as it is to be put back
     txn.claim_token = changes["claim_token"]
     return txn
-
-
-@contextlib.contextmanager
-def _provider_call_slot() -> Iterator[None]:
-    """Refuse at once, writing nothing, when the provider cannot take the call now.
-
-    Either the breaker is open, or this process already has
-    PAYMENT_MAX_CONCURRENT_CALLS requests waiting on the provider: a hanging
-    provider must not take every thread, or /health/ and the admin stop answering.
-    """
-    try:
-        with provider.get_client().resilience.call_slot():
-            yield
-    except provider.CircuitOpen as exc:
-        raise ProviderUnavailable(code="circuit_open", retry_after_s=exc.retry_after_s) from exc
-    except provider.ProviderBusy as exc:
-        raise ProviderUnavailable(code="provider_busy", retry_after_s=1) from exc
 
 
 def _call_provider_and_settle(txn: Transaction, *, previous: Transaction | None) -> Charged:

@@ -52,6 +52,7 @@ class ActionOutcome(enum.StrEnum):
     FAILED = "failed"  # sent again; the provider failed again (not charged)
     UNKNOWN = "unknown"  # sent again or looked up; still not known whether it was charged
     NOT_CHARGED = "not_charged"  # the provider made no charge: failed and retryable
+    NOT_REFUNDED = "not_refunded"  # reconcile_refunds: no refund was made (failed; may be sent again)
     UNAVAILABLE = "unavailable"  # the provider could not be asked: left as it was
     SKIPPED = "skipped"  # not eligible, or another process got there first
     ERROR = "error"  # an unexpected error on this row: flagged for review, the batch goes on
@@ -90,6 +91,7 @@ def claim(
     by: Actor,
     skip_ids: Collection[uuid.UUID] = (),
     for_charge: bool = False,
+    table: dict[tuple[str, Event], transitions.Move] = transitions.TABLE,
 ) -> Transaction | None:
     """Move the first of `candidates` to pending, so that nobody else works on it (`for_charge`:
     and mark when its charge call begins).
@@ -98,9 +100,9 @@ def claim(
     when no candidate is left. The conditional UPDATE re-checks the candidates'
     conditions, so two processes never both claim a row; where the database has
     SKIP LOCKED (MariaDB 10.6+), concurrent runs also pass each other's rows by. Only rows in a
-    status the transition table lets `by` claim are candidates.
+    status the transition table (`table`: a refund's for refunds) lets `by` claim are candidates.
     """
-    candidates = candidates.filter(status__in=transitions.claimable(by=by))
+    candidates = candidates.filter(status__in=transitions.claimable(by=by, table=table))
     queryset = candidates.exclude(pk__in=list(skip_ids)) if skip_ids else candidates
     while True:
         if connection.features.has_select_for_update_skip_locked:

@@ -8,8 +8,10 @@ path, support actions, the batch commands) comes through here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +22,7 @@ from core import metrics
 from core.db import release_db_connection
 from core.events import log_event
 from payments import failpoints, provider, selectors, transitions
-from payments.errors import ProviderUnavailable
+from payments.errors import PaymentError, ProviderUnavailable
 from payments.models import PaymentAttempt, Transaction
 from payments.provider import Outcome, ProviderResult
 from payments.transitions import Actor, Event
@@ -50,6 +52,24 @@ def interrupted_fields(txn: Transaction) -> dict[str, Any]:
 def assign(txn: Transaction, fields: dict[str, Any]) -> None:
     for name, value in fields.items():
         setattr(txn, name, value)
+
+
+@contextlib.contextmanager
+def provider_call_slot(refused: type[PaymentError] = ProviderUnavailable) -> Iterator[None]:
+    """Refuse at once, writing nothing, when the provider cannot take the call now (`refused`:
+    the error to raise, a charge's or a refund's).
+
+    Either the breaker is open, or this process already has
+    PAYMENT_MAX_CONCURRENT_CALLS requests waiting on the provider: a hanging
+    provider must not take every thread, or /health/ and the admin stop answering.
+    """
+    try:
+        with provider.get_client().resilience.call_slot():
+            yield
+    except provider.CircuitOpen as exc:
+        raise refused(code="circuit_open", retry_after_s=exc.retry_after_s) from exc
+    except provider.ProviderBusy as exc:
+        raise refused(code="provider_busy", retry_after_s=1) from exc
 
 
 def ensure_provider_available() -> None:
@@ -140,13 +160,18 @@ def next_retry_at(txn: Transaction) -> datetime | None:
     return timezone.now() + timedelta(seconds=delay_s)
 
 
-def record_attempts(*, txn: Transaction, attempts: tuple[provider.Attempt, ...], kind: str) -> None:
+def record_attempts(
+    *, txn: Transaction | Any, attempts: tuple[provider.Attempt, ...], kind: str, refund: Any = None
+) -> None:
+    """Append the attempts to the charge's attempt log (`txn`: the charge or its id; `refund`:
+    the refund they were made for, numbered with the charge's own)."""
     if not attempts:
         return
     first_number = PaymentAttempt.objects.filter(transaction=txn).count() + 1
     PaymentAttempt.objects.bulk_create(
         PaymentAttempt(
-            transaction=txn,
+            transaction_id=getattr(txn, "pk", txn),
+            refund=refund,
             number=first_number + offset,
             kind=kind,
             started_at=attempt.started_at,

@@ -58,6 +58,8 @@ def test_create_support_user_makes_a_staff_user_in_the_support_group(support: Cl
         "payments.view_paymentattempt",
         "payments.retry_transaction",
         "payments.cancel_transaction",
+        "payments.view_refund",
+        "payments.refund_transaction",
     }
 
 

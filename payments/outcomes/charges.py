@@ -1,40 +1,8 @@
-"""The one outcome vocabulary: what happened, what the caller is told, what happens next.
-
-Each row of ANSWERS ties together what the provider did (or what failed), the status the
-transaction is left in, the API's error type, code and HTTP status, whether the payer may have
-been charged, what the service does next, and the message the API and the payment page show.
-The API's errors (payments.errors), the admin, the commands, the OpenAPI schema and pay.js
-all read this table; README's "Guarantees" section is generated from it
-(`python manage.py outcome_table`), and a test keeps the two equal.
-
-The rule behind it: an outcome is *unknown* from the moment a request may have reached the
-provider until the provider gives a definitive answer (a charge, a decline, a refusal of the
-request), or a lookup finds no charge at a time when no attempt can still be in flight
-(the call's start + PAYMENT_RECONCILE_AFTER_S). Unknown is sticky: no later 409, 5xx,
-connection error or breaker refusal turns it into a known failure.
-"""
+"""A charge's answers, the rows of README's Guarantees table."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-YES, NO, MAYBE = "yes", "no", "maybe"
-
-
-@dataclass(frozen=True)
-class Answer:
-    name: str
-    happened: str  # what the provider did, or what failed
-    status: str  # the transaction's status afterwards; "-" when nothing is written
-    error_type: str  # the API's error.type ("" for a success)
-    code: str  # the API's error.code; "<cause>" when it names the cause
-    http_status: int
-    retryable: bool  # may the caller send the same request (same Idempotency-Key) again?
-    charged: str  # yes / no / maybe
-    next_step: str  # what the service does next, on its own
-    message: str  # the API's error.message
-    page: str  # what the payment page tells the payer
-
+from payments.outcomes.answer import MAYBE, NO, YES, Answer
 
 ANSWERS: tuple[Answer, ...] = (
     Answer(
@@ -282,23 +250,3 @@ ANSWERS: tuple[Answer, ...] = (
         page="Something went wrong. Try again is safe and never charges twice.",
     ),
 )
-
-BY_NAME: dict[str, Answer] = {answer.name: answer for answer in ANSWERS}
-
-
-def answer(name: str) -> Answer:
-    return BY_NAME[name]
-
-
-def markdown_table() -> str:
-    """The table as README shows it (README's "Guarantees" section embeds this verbatim)."""
-    columns = ("answer", "what happened", "status", "HTTP", "error.type / code", "retryable", "charged?")
-    header = "| " + " | ".join((*columns, "what happens next")) + " |"
-    lines = [header, "|---" * (len(columns) + 1) + "|"]
-    for a in ANSWERS:
-        type_code = f"`{a.error_type}` / `{a.code}`" if a.error_type else "-"
-        lines.append(
-            f"| {a.name} | {a.happened} | {a.status} | {a.http_status} | {type_code} | "
-            f"{'yes' if a.retryable else 'no'} | {a.charged} | {a.next_step} |"
-        )
-    return "\n".join(lines)
