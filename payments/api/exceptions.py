@@ -66,23 +66,25 @@ def payment_error_response(error: PaymentError) -> Response:
     from payments.api.serializers import TransactionSerializer
 
     transaction = TransactionSerializer(error.transaction).data if error.transaction else None
-    response = Response(
-        error_body(
-            error_type=error.error_type,
-            code=error.code,
-            message=error.message,
-            retryable=error.retryable,
-            transaction=transaction,
-            **error.extra,
-        ),
-        status=error.http_status,
+    body = error_body(
+        error_type=error.error_type,
+        code=error.code,
+        message=error.message,
+        retryable=error.retryable,
+        transaction=transaction,
+        **error.extra,
     )
+    if error.refund is not None or error.answer.operation == "refund":
+        from payments.api.refund_serializers import RefundSerializer
+
+        body["refund"] = RefundSerializer(error.refund).data if error.refund else None
+    response = Response(body, status=error.http_status)
     if error.retry_after_s is not None:
         response["Retry-After"] = str(error.retry_after_s)
     if error.replayed:
         response["Idempotent-Replayed"] = "true"
     if isinstance(error, ProviderUnavailable):
-        metrics.CHARGE_REFUSALS.labels(error.code).inc()  # only a charge can be refused this way
+        metrics.CHARGE_REFUSALS.labels(error.code).inc()  # a charge refused: nothing was sent
     if error.http_status >= 500:
         log_event(
             logger,

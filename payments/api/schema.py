@@ -12,10 +12,13 @@ from rest_framework import serializers
 
 from payments import outcomes
 from payments.api.exceptions import DRF_ERROR_TYPES
+from payments.api.refund_serializers import RefundSerializer
 from payments.api.serializers import TransactionSerializer
 
 # Every error.type the API can answer: the outcome table's, and DRF's (exceptions.py).
-ERROR_TYPES = {a.error_type for a in outcomes.ANSWERS if a.error_type} | set(DRF_ERROR_TYPES.values())
+ERROR_TYPES = {a.error_type for a in outcomes.BY_NAME.values() if a.error_type} | set(
+    DRF_ERROR_TYPES.values()
+)
 
 ErrorResponse = inline_serializer(
     "ErrorResponse",
@@ -37,6 +40,9 @@ ErrorResponse = inline_serializer(
                     required=False,
                     help_text="provider_rejected only: the provider's reason, when it gave one.",
                 ),
+                "refundable": serializers.IntegerField(
+                    required=False, help_text="amount_exceeds_refundable only: what is left to refund."
+                ),
                 "fields": serializers.DictField(
                     child=serializers.ListField(child=serializers.CharField()),
                     required=False,
@@ -48,6 +54,11 @@ ErrorResponse = inline_serializer(
             allow_null=True,
             help_text="The payment the answer is about (its `error` is this answer's type, code and "
             "message), or null when there is none.",
+        ),
+        "refund": RefundSerializer(
+            required=False,
+            allow_null=True,
+            help_text="On a refund's answers only: the refund the answer is about.",
         ),
     },
 )
@@ -123,9 +134,26 @@ ERROR_STATUSES = {
 }
 
 
-def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+# What each error status means on a refund's operations, where it differs from a charge's.
+REFUND_ERROR_STATUSES = {
+    402: "refund_failed: the provider refused the refund; nothing was refunded (error.provider_code).",
+    404: "not_found: no such charge for this client.",
+    409: "invalid_request / charge_not_refundable (the charge is not known to have succeeded); "
+    "idempotency_error / request_in_progress or idempotency_key_reused; refund_canceled.",
+    422: "invalid_request / amount_exceeds_refundable: more than is left (error.refundable); "
+    "nothing was written.",
+    502: "provider_error: not refunded (no connection, or a lookup proved no refund); the same request "
+    "may be sent again.",
+    503: "provider_unavailable, or database_busy: nothing was written; send again after Retry-After.",
+    504: "outcome_unknown: the provider may have refunded; the same request (same Idempotency-Key) is "
+    "safe to send again and never refunds twice.",
+}
+
+
+def errors(*statuses: int, refund: bool = False) -> dict[int, OpenApiResponse]:
+    meanings = {**ERROR_STATUSES, **REFUND_ERROR_STATUSES} if refund else ERROR_STATUSES
     return {
-        code: OpenApiResponse(ErrorResponse, description=ERROR_STATUSES[code])
+        code: OpenApiResponse(ErrorResponse, description=meanings[code])
         for code in sorted({*statuses, *COMMON_ERRORS})
     }
 

@@ -13,7 +13,7 @@ from rest_framework import serializers
 from core.logs.redaction import note_card_source
 from payments.currencies import MINOR_UNIT_DIGITS
 from payments.errors import error_for
-from payments.models import PaymentAttempt, Transaction
+from payments.models import PaymentAttempt, Refund, Transaction
 from payments.transitions import NEXT_ACTIONS, next_step
 
 # The provider takes a card token: `tok_` and at least one more character (fakeprovider/protocol.py
@@ -252,6 +252,7 @@ class TransactionSerializer(serializers.ModelSerializer):
     error = serializers.SerializerMethodField()
     needs_review = serializers.BooleanField()
     next_step = serializers.SerializerMethodField()
+    amount_refunded = serializers.SerializerMethodField()
 
     class Meta:
         model = Transaction
@@ -266,6 +267,7 @@ class TransactionSerializer(serializers.ModelSerializer):
             "metadata",
             "error",
             "provider_charge_id",
+            "amount_refunded",
             "idempotency_key",
             "attempts",
             "next_retry_at",
@@ -282,6 +284,12 @@ class TransactionSerializer(serializers.ModelSerializer):
     @extend_schema_field(NextStepSerializer())
     def get_next_step(self, txn: Transaction) -> dict[str, Any]:
         return next_step(txn)
+
+    @extend_schema_field(
+        serializers.IntegerField(help_text="What the provider has refunded (succeeded refunds).")
+    )
+    def get_amount_refunded(self, txn: Transaction) -> int:
+        return sum(refund.amount for refund in txn.refunds.all() if refund.status == Refund.Status.SUCCEEDED)
 
     @extend_schema_field(ErrorSerializer(allow_null=True))
     def get_error(self, txn: Transaction) -> dict[str, str] | None:

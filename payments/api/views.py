@@ -16,11 +16,8 @@ from rest_framework.views import APIView
 from payments import selectors, services
 from payments.api import schema
 from payments.api.pagination import ChargePagination
-from payments.api.serializers import (
-    ChargeCreateSerializer,
-    TransactionDetailSerializer,
-    TransactionSerializer,
-)
+from payments.api.refund_serializers import ChargeDetailSerializer
+from payments.api.serializers import ChargeCreateSerializer, TransactionSerializer
 from payments.models import Transaction
 from payments.transitions import Actor
 
@@ -28,7 +25,7 @@ IDEMPOTENCY_KEY_MAX_CHARS = 255
 _PRINTABLE_ASCII = re.compile(r"^[\x21-\x7e]+$")
 
 
-def _idempotency_key(request: Request) -> str | None:
+def idempotency_key(request: Request) -> str | None:
     """The Idempotency-Key header: absent is None; present, it must be 1 to 255 visible ASCII
     characters (no spaces). An empty key is refused, never taken as "no key": the same
     request sent twice would then charge twice."""
@@ -46,7 +43,7 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
-def _transaction_for(request: Request, transaction_id: str) -> Transaction:
+def transaction_for(request: Request, transaction_id: str) -> Transaction:
     # The URL takes any string, so that a malformed id gets the API's JSON 404, not Django's HTML one.
     try:
         pk = uuid.UUID(transaction_id)
@@ -54,7 +51,7 @@ def _transaction_for(request: Request, transaction_id: str) -> Transaction:
         raise NotFound("No such charge.") from None
     txn = (
         selectors.transactions_for_client(client=request.user)
-        .prefetch_related("attempt_log")
+        .prefetch_related("attempt_log", "refunds")
         .filter(pk=pk)
         .first()
     )
@@ -124,13 +121,13 @@ class ChargeListCreateView(APIView):
         examples=[schema.CHARGE_EXAMPLE],
     )
     def post(self, request: Request) -> Response:
-        idempotency_key = _idempotency_key(request)
+        key = idempotency_key(request)
         serializer = ChargeCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         charged = services.charge_create(
             client=request.user,
             request=services.ChargeRequest(**serializer.validated_data),
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
         )
         response = Response(TransactionSerializer(charged.transaction).data, status=status.HTTP_201_CREATED)
         if charged.replayed:
@@ -142,10 +139,10 @@ class ChargeDetailView(APIView):
     @extend_schema(
         operation_id="charges_retrieve",
         parameters=[TRANSACTION_ID, *schema.headers(retry_after=[503])],
-        responses={200: TransactionDetailSerializer, **schema.errors(404)},
+        responses={200: ChargeDetailSerializer, **schema.errors(404)},
     )
     def get(self, request: Request, transaction_id: str) -> Response:
-        return Response(TransactionDetailSerializer(_transaction_for(request, transaction_id)).data)
+        return Response(ChargeDetailSerializer(transaction_for(request, transaction_id)).data)
 
 
 class ChargeCancelView(APIView):
@@ -161,7 +158,7 @@ class ChargeCancelView(APIView):
         ),
     )
     def post(self, request: Request, transaction_id: str) -> Response:
-        txn = _transaction_for(request, transaction_id)
+        txn = transaction_for(request, transaction_id)
         canceled = services.charge_cancel(
             transaction_id=txn.pk,
             reason="canceled by the API client",
