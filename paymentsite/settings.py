@@ -282,6 +282,11 @@ SPECTACULAR_SETTINGS = {
     ],
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # A charge's and a refund's status are two enums: each named, so neither is renamed by a hash.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "payments.models.Transaction.Status",
+        "RefundStatusEnum": "payments.models.Refund.Status",
+    },
     # /api/docs/ serves Swagger UI's files from drf-spectacular-sidecar, never from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

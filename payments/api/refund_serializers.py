@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from payments.api.serializers import (
+    DESCRIPTION_SCHEMA,
+    DescriptionField,
     ErrorSerializer,
     NextStepSerializer,
-    StrictCharField,
+    StrictBodySerializer,
     StrictIntegerField,
     TransactionDetailSerializer,
 )
@@ -21,21 +25,27 @@ from payments.refund_transitions import refund_next_step
 REFUND_NOTE_MAX_CHARS = 500
 
 
-class RefundCreateSerializer(serializers.Serializer):
+class RefundCreateSerializer(StrictBodySerializer):
     amount = StrictIntegerField(
         required=False,
         min_value=1,
+        max_value=settings.PAYMENT_MAX_AMOUNT,
         help_text="In the charge's currency's minor unit; all that is left to refund when omitted.",
     )
     reason = serializers.ChoiceField(choices=Refund.Reason.choices)
-    note = StrictCharField(required=False, default="", allow_blank=True, max_length=REFUND_NOTE_MAX_CHARS)
+    note = DescriptionField(required=False, default="", allow_blank=True, max_length=REFUND_NOTE_MAX_CHARS)
 
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
+
+class RefundCreateSchema(OpenApiSerializerExtension):
+    """The request schema refuses unknown fields, as `to_internal_value` does (and states the
+    note once: see payments.api.serializers.ChargeCreateSchema)."""
+
+    target_class = RefundCreateSerializer
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        properties = {**schema["properties"], "note": {**DESCRIPTION_SCHEMA, "default": ""}}
+        return {**schema, "properties": properties, "additionalProperties": False}
 
 
 class RefundSerializer(serializers.ModelSerializer):

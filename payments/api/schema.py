@@ -181,6 +181,8 @@ _CHARGE_ID = {"201": "$response.body#/id"} | {
 _LINKS = {
     "charges_retrieve": "Read the charge this answer is about.",
     "charges_cancel": "Cancel the charge this answer is about (a failed one can be).",
+    "refunds_create": "Refund the charge this answer is about (a succeeded one can be).",
+    "refunds_list": "List the refunds of the charge this answer is about.",
 }
 
 

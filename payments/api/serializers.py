@@ -130,7 +130,24 @@ class MetadataField(serializers.JSONField):
     pass
 
 
-class ChargeCreateSerializer(serializers.Serializer):
+class StrictBodySerializer(serializers.Serializer):
+    """A request body: text no column can store and unknown fields are refused, each named."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, dict):
+            refused: dict[str, list[str]] = {}
+            for field, value in data.items():
+                for path in _unstorable({field: value}, ""):
+                    refused.setdefault(_printable(field), []).append(UNSTORABLE_TEXT.format(path=path))
+            if refused:
+                raise serializers.ValidationError(refused)
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class ChargeCreateSerializer(StrictBodySerializer):
     amount = StrictIntegerField(
         min_value=1,
         max_value=settings.PAYMENT_MAX_AMOUNT,
@@ -189,19 +206,6 @@ class ChargeCreateSerializer(serializers.Serializer):
             ):
                 raise serializers.ValidationError("Numbers are at most 1.7976931348623157e308 in size.")
         return value
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, dict):
-            refused: dict[str, list[str]] = {}
-            for field, value in data.items():
-                for path in _unstorable({field: value}, ""):
-                    refused.setdefault(_printable(field), []).append(UNSTORABLE_TEXT.format(path=path))
-            if refused:
-                raise serializers.ValidationError(refused)
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
 
 
 class ChargeCreateSchema(OpenApiSerializerExtension):

@@ -22,6 +22,7 @@ import pytest
 import schemathesis
 from django.test import Client
 from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
 
 FUZZ_MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "10"))
 STATEFUL_STEPS = 10
@@ -29,7 +30,18 @@ STATEFUL_STEPS = 10
 # The schema is read from the app in-process at collection (it needs no database); the requests
 # go to a live server, since the schema names no app to call. (schemathesis.pytest.from_fixture,
 # the lazy loader, fails on pytest 9: it sets `Function._nodeid`, which pytest no longer has.)
-schema = schemathesis.openapi.from_dict(Client().get("/api/schema/", {"format": "json"}).json())
+# A refund the schema admits may still find nothing left to refund: 422 amount_exceeds_refundable
+# depends on the charge's earlier refunds, not on the request, so that operation may answer it.
+CONFIG = SchemathesisConfig.from_str(
+    """
+[[operations]]
+include-operation-id = "refunds_create"
+checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 401, 403, 404, 409, 422, 429, "5XX"]
+"""
+)
+schema = schemathesis.openapi.from_dict(
+    Client().get("/api/schema/", {"format": "json"}).json(), config=CONFIG
+)
 
 FUZZ_SETTINGS = settings(
     max_examples=FUZZ_MAX_EXAMPLES,

@@ -30,7 +30,14 @@ from payments import failpoints, provider
 
 PACKAGE = "paymentsite_api_client"
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
-OPERATIONS = ("charges_list", "charges_create", "charges_retrieve", "charges_cancel")
+OPERATIONS = (
+    "charges_list",
+    "charges_create",
+    "charges_retrieve",
+    "charges_cancel",
+    "refunds_create",
+    "refunds_list",
+)
 
 
 def fetch_schema(base_url: str) -> dict[str, Any]:
@@ -303,3 +310,61 @@ def test_the_generated_client_refuses_an_answer_its_schema_does_not_list(gen: Si
     assert response.status_code == 405
     with pytest.raises(gen.client.errors.UnexpectedStatus):
         gen.api.charges_create._build_response(client=gen.authed, response=response)
+
+
+def refund(gen: SimpleNamespace, charge_id: Any, key: str | None = None, **fields: Any) -> Any:
+    body = gen.models.RefundCreateRequest.from_dict({"reason": "requested_by_customer", **fields})
+    headers = {"idempotency_key": key} if key else {}
+    return gen.api.refunds_create.sync_detailed(
+        client=gen.authed, transaction_id=charge_id, body=body, **headers
+    )
+
+
+def test_generated_client_refunds_through_every_status(
+    gen: SimpleNamespace, fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_MAX_RETRIES = 0
+    charge = assert_transaction(gen, create(gen), 201)
+
+    made = assert_transaction(gen, refund(gen, charge.id, key="gen-r1", amount=300), 201, "Refund")
+    assert (made.status.value, made.amount) == ("succeeded", 300)
+    replay = refund(gen, charge.id, key="gen-r1", amount=300)
+    assert_transaction(gen, replay, 201, "Refund")
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    reused = refund(gen, charge.id, key="gen-r1", amount=301)
+    assert_error(gen, reused, 409, "idempotency_error", "idempotency_key_reused")
+
+    fake_provider.inject({"kind": "refund_pending", "on": "refund", "ms": 60_000})
+    held = assert_transaction(gen, refund(gen, charge.id, amount=100), 202, "Refund")
+    assert (held.status.value, held.next_step.action.value) == ("pending", "verify")
+
+    fake_provider.inject({"kind": "refund_failed", "on": "refund"})
+    refused = assert_error(gen, refund(gen, charge.id, amount=100), 402, "refund_failed", "refund_failed")
+    assert refused.refund.status.value == "failed"
+
+    fake_provider.inject({"kind": "drop_after", "on": "refund"})
+    unknown = assert_error(
+        gen, refund(gen, charge.id, amount=100), 504, "outcome_unknown", "connection_dropped"
+    )
+    assert unknown.refund.status.value == "unknown" and unknown.transaction.id == charge.id
+
+    too_much = refund(gen, charge.id, amount=1500)
+    assert_error(gen, too_much, 422, "invalid_request", "amount_exceeds_refundable")
+    assert too_much.parsed.error.refundable == 1999 - 300 - 100 - 100, "pending and unknown count, failed not"
+
+    listed = gen.api.refunds_list.sync_detailed(client=gen.authed, transaction_id=charge.id)
+    assert listed.status_code == 200
+    assert [r.status.value for r in listed.parsed] == ["unknown", "failed", "pending", "succeeded"]
+    for item in listed.parsed:
+        no_leftovers(item)
+    detail = assert_transaction(
+        gen,
+        gen.api.charges_retrieve.sync_detailed(client=gen.authed, transaction_id=charge.id),
+        200,
+        "TransactionDetail",
+    )
+    assert detail.amount_refunded == 300 and len(detail.refunds) == 4
+
+    declined = assert_error(gen, create(gen, source="tok_chargeDeclined"), 402, "card_error", "card_declined")
+    not_refundable = refund(gen, declined.transaction.id)
+    assert_error(gen, not_refundable, 409, "invalid_request", "charge_not_refundable")

@@ -71,12 +71,19 @@ def test_each_link_from_a_charge_leads_to_that_charge(
     response = answer_to(api, fake_provider, settings, LINKED[status])
     assert str(response.status_code) == status
 
-    assert {link["operationId"] for link in links.values()} == {"charges_retrieve", "charges_cancel"}
+    assert {link["operationId"] for link in links.values()} == {
+        "charges_retrieve",
+        "charges_cancel",
+        "refunds_create",
+        "refunds_list",
+    }
     charge_id = pointer(response.json(), links["charges_retrieve"]["parameters"]["transaction_id"])
     assert api.get(f"/api/v1/charges/{charge_id}").json()["id"] == charge_id
     cancel_id = pointer(response.json(), links["charges_cancel"]["parameters"]["transaction_id"])
     cancel = api.post(f"/api/v1/charges/{cancel_id}/cancel")
     assert cancel.status_code in (200, 409), "the charge exists: canceled, or not cancelable"
+    refunds_id = pointer(response.json(), links["refunds_list"]["parameters"]["transaction_id"])
+    assert api.get(f"/api/v1/charges/{refunds_id}/refunds").status_code == 200
 
 
 def test_the_link_from_a_page_leads_to_its_first_charge(api: APIClient, schema: dict[str, Any]) -> None:
