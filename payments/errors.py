@@ -150,7 +150,9 @@ class RefundUnavailable(PaymentError):
 class RefundError(PaymentError):
     """A refund's own answer (its row of payments.outcomes.refunds), named per instance."""
 
-    def __init__(self, answer_name: str, **kwargs: Any) -> None:
+    answer_name = "refund_outcome_unknown"
+
+    def __init__(self, answer_name: str = "refund_outcome_unknown", **kwargs: Any) -> None:
         self.answer_name = answer_name
         if answer_name == "refund_in_progress":
             self.retry_after_s = 1

@@ -134,7 +134,7 @@ def move(status: str, event: Event, *, by: Actor, table: dict[tuple[str, Event],
     if found is None:
         return None
     if by not in found.by:
-        raise ActorNotAllowed(f"{by} may not {event} a {status} row")
+        raise ActorNotAllowed(f"{by} may not {event} a {status} {'payment' if table is TABLE else 'refund'}")
     return found.to
 
 

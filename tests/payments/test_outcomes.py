@@ -42,3 +42,30 @@ def test_no_answer_that_may_have_charged_says_not_charged() -> None:
             assert "not charged" not in answer.message.lower(), answer.name
             assert "not been charged" not in answer.page.lower(), answer.name
             assert answer.http_status not in (402, 422, 502, 503), answer.name
+
+
+def test_readme_refund_table_is_the_refund_answers() -> None:
+    text = README.read_text()
+    start, end = "<!-- refund-outcome-table:start -->\n", "\n<!-- refund-outcome-table:end -->"
+    embedded = text.split(start, 1)[1].split(end, 1)[0]
+
+    assert embedded == outcomes.markdown_table(outcomes.REFUND_ANSWERS), (
+        "run `manage.py outcome_table --refunds`"
+    )
+
+
+def test_outcome_table_command_prints_the_refund_table(capsys: object) -> None:
+    call_command("outcome_table", "--refunds")
+
+    printed = capsys.readouterr().out.strip()  # type: ignore[attr-defined]
+    assert printed == outcomes.markdown_table(outcomes.REFUND_ANSWERS)
+    assert "| refunded? |" in printed
+
+
+def test_no_refund_answer_that_may_have_refunded_says_not_refunded() -> None:
+    assert {answer.operation for answer in outcomes.REFUND_ANSWERS} == {"refund"}
+    for answer in outcomes.REFUND_ANSWERS:
+        if answer.charged == outcomes.MAYBE:
+            assert "nothing was refunded" not in answer.message.lower(), answer.name
+            assert "not refunded" not in answer.message.lower(), answer.name
+            assert answer.http_status not in (402, 422, 502, 503), answer.name

@@ -166,7 +166,7 @@
 
   // What the API's answer means to the person paying --------------------------
   //
-  // The words come from the service's one outcome table (payments/outcomes.py, `page` column),
+  // The words come from the service's one outcome table (payments/outcomes/charges.py, `page` column),
   // which the page embeds as JSON; this file only decides the heading, the tone and which
   // actions to offer. "retry" resends the same Idempotency-Key (it never charges twice),
   // "cancel" stops a payment that was not charged, "new" starts over with a new key. "new" is
