@@ -14,6 +14,14 @@ with the same body answers the first final result and never charges again.
 `GET /v1/charges/{key}` answers the charge made with that key, or 404 with the error code
 `resource_missing` if none is made *yet*; an unrecognized path is a 404 without that code.
 
+Refunds: `POST /v1/charges/{charge_key}/refunds` (Bearer key, the refund's own
+`Idempotency-Key`, JSON `{amount}`) answers 200 with the refund (`id` "re_...", `status`
+succeeded/pending/failed, `amount`, `charge`, `created`); 404 `resource_missing` for a charge
+not made (yet); 400 `amount_exceeds_remaining` for more than is left (succeeded, pending and
+in-flight refunds count) and `charge_not_refundable` for a declined charge; 400
+`idempotency_error` for the refund key with another amount or charge; 409 while in flight.
+`GET /v1/charges/{charge_key}/refunds/{refund_key}` answers the refund or 404 `resource_missing`.
+
 Behaviour is chosen by the charge's `source` token, like a card network's test cards:
 `tok_visa` succeeds; `tok_chargeDeclined`, `tok_insufficientFunds` decline; `tok_timeout`
 charges at once but holds every answer for that key for `--timeout-window-s`; `tok_flaky`
@@ -21,7 +29,8 @@ answers 503 twice per key; `tok_rateLimited` answers 429 once; `tok_error` alway
 
 Faults are queued from Python (`inject`, `inject_many`, `clear_faults`) or over HTTP, and each
 applies once, first in first out, to the next request that matches it: `"on"` is "charge"
-(default) or "lookup", and `"key"`, if given, limits it to that idempotency key.
+(default), "lookup", "refund" or "refund_lookup", and `"key"`, if given, limits it to that
+idempotency key (the refund's own key on refunds and refund lookups).
 
     {"kind": "hold", "ms": 500}          act normally, then wait before answering
     {"kind": "slow", "ms": 500}          key in progress while waiting, then charge and answer
@@ -51,10 +60,23 @@ applies once, first in first out, to the next request that matches it: `"on"` is
 
 Lookups take `status`, `drop_before`, `hold`, `garbage`, `trickle`, `proxy_404`, `redirect` and
 `other_charge`.
+Refunds take the charge's kinds (a refund made where a charge would be charged), with
+`other_refund` for `other_charge`, and:
+
+    {"kind": "other_refund", "variant": "all"}   act normally, then answer 200 for another
+        refund: amount (1), charge (another charge's id) or all (the default)
+    {"kind": "refund_pending", "ms": 5000, "variant": "failed"}   the refund is made pending and
+        settles as the variant (succeeded by default, or failed) 5000 ms later; not an answer of
+        its own, as delayed_commit
+    {"kind": "refund_failed"}            the refund is made failed; not an answer of its own
+
+Refund lookups take the lookup's kinds, with `other_refund` for `other_charge`.
 Control endpoints (no key needed):
 `GET /_fake/charges` (charges per key), `GET /_fake/ledger` (each charge made, per key),
+`GET /_fake/refunds` (each refund made, per charge key), `POST /_fake/refunds/settle`
+(`{"refund_key", "status"}`: settle a pending refund now),
 `GET|POST|DELETE /_fake/faults` (pending and applied faults; queue `{"faults": [...]}`; clear),
-`POST /_fake/faults/clear`, and `POST /_fake/reset`, which forgets charges and faults.
+`POST /_fake/faults/clear`, and `POST /_fake/reset`, which forgets charges, refunds and faults.
 """
 
 from fakeprovider.protocol import Fault
