@@ -62,6 +62,14 @@ CHARGE_OUTCOMES = (
     "needs_review",
     "canceled",
 )
+# The answers (payments.outcomes.refunds) a refund sent to the provider can end in.
+REFUND_OUTCOMES = (
+    "refund_succeeded",
+    "refund_pending",
+    "refund_outcome_unknown",
+    "refund_failed",
+    "refund_not_sent",
+)
 # The API's error.code of a 503 provider_unavailable: the charge was refused, nothing was sent.
 CHARGE_REFUSAL_CODES = ("circuit_open", "provider_busy", "provider_misconfigured")
 # An HTTP attempt's outcome, as in the API's attempt_log (payments.provider.Cause).
@@ -95,8 +103,17 @@ CHARGE_REFUSALS = Counter(
     + ".",
     ["code"],
 )
+REFUNDS = Counter(
+    "paymentsite_refunds_total",
+    "Refunds sent to the provider, by the API's answer (payments.outcomes.refunds): "
+    + ", ".join(REFUND_OUTCOMES)
+    + ".",
+    ["outcome"],
+)
 for _outcome in CHARGE_OUTCOMES:  # every value from the start, at 0: rates need no special case
     CHARGES.labels(_outcome)
+for _outcome in REFUND_OUTCOMES:
+    REFUNDS.labels(_outcome)
 for _code in CHARGE_REFUSAL_CODES:
     CHARGE_REFUSALS.labels(_code)
 

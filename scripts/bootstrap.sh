@@ -9,7 +9,7 @@ dev=0
 [[ "${1:-}" == "--dev" ]] && dev=1
 
 debian_packages=(libmariadb-dev pkg-config gcc)
-(( dev )) && debian_packages+=(chromium faketime)
+(( dev )) && debian_packages+=(chromium faketime prometheus)  # prometheus: promtool checks a scrape
 missing=()
 for package in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -13,8 +13,9 @@ from typing import Any
 
 from django.db import transaction
 
+from core import metrics
 from core.events import log_event
-from payments import failpoints, provider, transitions
+from payments import failpoints, provider, refund_transitions, transitions
 from payments.models import Refund
 from payments.provider import Outcome, ProviderResult
 from payments.refund_transitions import REFUND_TABLE
@@ -91,6 +92,8 @@ def settle_refund(*, claimed: Refund, result: ProviderResult, by: Actor, kind: s
         if target is not None:
             _apply(row, event, target, result, previous=previous)
         row.save()
+    if kind == "refund":
+        metrics.REFUNDS.labels(refund_transitions.refund_answer_name(row)).inc()
     _log_settled(row, previous, result)
     return row
 

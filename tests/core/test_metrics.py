@@ -298,3 +298,10 @@ def test_readme_lists_every_metric_with_its_type_and_labels(transactional_db: No
         assert listed[name][0] == kind, name
         if labels:  # the pool gauges have no samples, hence no labels, on SQLite
             assert listed[name][1] == labels, name
+
+
+def test_refund_outcome_values_are_the_refund_answers_a_sent_refund_can_end_in() -> None:
+    sent = {
+        a.name for a in outcomes.REFUND_ANSWERS if a.status in ("succeeded", "pending", "unknown", "failed")
+    }
+    assert set(metrics.REFUND_OUTCOMES) == sent - {"refund_in_progress"}

@@ -126,3 +126,29 @@ def test_http_requests_are_counted_and_timed_by_route_method_and_status_class(
     )
     routes = {s.labels["route"] for s in after["paymentsite_http_requests"].samples}
     assert not any("123" in route or "456" in route for route in routes)
+
+
+def test_refund_counter_moves_with_the_refunds_made(api: APIClient, client: Client) -> None:
+    charge = api.post("/api/v1/charges", CHARGE, format="json").json()
+    before = scrape(client)
+
+    for amount in (100, 200):
+        refund = {"amount": amount, "reason": "requested_by_customer"}
+        assert api.post(f"/api/v1/charges/{charge['id']}/refunds", refund, format="json").status_code == 201
+    too_much = {"amount": 5000, "reason": "requested_by_customer"}
+    assert api.post(f"/api/v1/charges/{charge['id']}/refunds", too_much, format="json").status_code == 422
+    after = scrape(client)
+
+    def moved(name: str, family: str, **labels: str) -> float:
+        return sample(after, family, name, **labels) - sample(before, family, name, **labels)
+
+    assert moved("paymentsite_refunds_total", "paymentsite_refunds", outcome="refund_succeeded") == 2
+    assert moved("paymentsite_refunds_total", "paymentsite_refunds") == 2, (
+        "a refund refused before sending is not"
+    )
+    attempts = moved(
+        "paymentsite_provider_request_duration_seconds_count",
+        "paymentsite_provider_request_duration_seconds",
+        kind="refund",
+    )
+    assert attempts == 2

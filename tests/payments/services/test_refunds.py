@@ -248,3 +248,16 @@ def test_reconcile_refunds_settles_unknown_refunds_and_exits_as_its_siblings(
     assert summary["counts"] == {"succeeded": 1} and summary["errors"] == []
     assert Refund.objects.get(pk=made.pk).status == "succeeded"
     assert fake_provider.refund_count(made.provider_idempotency_key) == 1
+
+
+def test_reconcile_refunds_refuses_an_id_that_is_no_refund(fake_provider: FakeProvider) -> None:
+    import uuid
+
+    from django.core.management import CommandError, call_command
+
+    txn = charge("tok_visa")  # a charge's id is not a refund's
+    with pytest.raises(CommandError, match="No refund with id") as raised:
+        call_command("reconcile_refunds", "--id", str(txn.pk))
+    assert raised.value.returncode == 2
+    with pytest.raises(CommandError, match="No refund with id"):
+        call_command("reconcile_refunds", "--id", str(uuid.uuid4()))
