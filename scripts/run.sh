@@ -90,6 +90,11 @@ if (( ! started )) || ! kill -0 "$server_pid" 2>/dev/null; then
   exit 1
 fi
 
+# The retry and reconcile loops (README, Operators): its warnings and errors show here
+# (-v 0: not its summary line on stopping).
+LOG_LEVEL=WARNING .venv/bin/python manage.py run_worker -v 0 &
+pids+=($!)
+
 cat <<MSG
 
 Paymentsite is running at http://$host:$port/
