@@ -210,6 +210,9 @@ if PAYMENT_RECONCILE_AFTER_S <= PAYMENT_SLOWEST_CHARGE_S:
         f"slowest possible charge, PAYMENT_DEADLINE_MS + PAYMENT_CONNECT_TIMEOUT_MS + PAYMENT_TIMEOUT_MS "
         f"= {PAYMENT_SLOWEST_CHARGE_S:g} s, or leave it unset for that + 60 s."
     )
+# A GET of a charge whose outcome is unknown asks the provider at most once per this many seconds
+# per charge (payments.services.lookup); 0: never, only reconcile_payments does.
+PAYMENT_LOOKUP_ON_READ_S = config.int("PAYMENT_LOOKUP_ON_READ_S", 5, minimum=0, maximum=3600)
 PAYMENT_BREAKER_FAILURES = config.int("PAYMENT_BREAKER_FAILURES", 5, minimum=1, maximum=1000)
 PAYMENT_BREAKER_RESET_S = config.int("PAYMENT_BREAKER_RESET_S", 30, minimum=1, maximum=3600)
 # Charges one process may have waiting on the provider at once; more get 503 provider_busy.

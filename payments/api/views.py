@@ -142,7 +142,9 @@ class ChargeDetailView(APIView):
         responses={200: ChargeDetailSerializer, **schema.errors(404)},
     )
     def get(self, request: Request, transaction_id: str) -> Response:
-        return Response(ChargeDetailSerializer(transaction_for(request, transaction_id)).data)
+        # An unknown outcome: ask the provider, at most once per charge per PAYMENT_LOOKUP_ON_READ_S.
+        txn = services.charge_lookup_on_read(transaction_for(request, transaction_id))
+        return Response(ChargeDetailSerializer(txn).data)
 
 
 class ChargeCancelView(APIView):

@@ -14,6 +14,7 @@ The names below are the services' public interface; entry points import them fro
 from payments.roles import SUPPORT_GROUP_NAME
 from payments.services.charge import Charged, ChargeRequest, charge_create
 from payments.services.claims import ERROR_OUTCOMES, ActionOutcome, ActionResult
+from payments.services.lookup import charge_lookup_on_read
 from payments.services.refund_reconcile import (
     refund_cancel,
     refund_reconcile,
@@ -43,6 +44,7 @@ __all__ = [
     "Refunded",
     "charge_cancel",
     "charge_create",
+    "charge_lookup_on_read",
     "charge_reconcile",
     "charge_reconcile_next",
     "charge_retry",

@@ -120,7 +120,7 @@ def charge_reconcile(*, transaction_id: uuid.UUID, actor: str) -> ActionResult:
             "only a payment whose outcome is unknown, or one pending for over "
             f"{settings.PAYMENT_RECONCILE_AFTER_S} s, can be reconciled",
         )
-    return isolated(claimed, actor, _reconcile_claimed, by=RECONCILE)
+    return isolated(claimed, actor, reconcile_claimed, by=RECONCILE)
 
 
 def charge_reconcile_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> ActionResult | None:
@@ -129,10 +129,10 @@ def charge_reconcile_next(*, skip_ids: Collection[uuid.UUID], actor: str) -> Act
     ensure_provider_available()
     candidates = selectors.to_reconcile()
     claimed = claim(candidates, by=RECONCILE, skip_ids=skip_ids)
-    return None if claimed is None else isolated(claimed, actor, _reconcile_claimed, by=RECONCILE)
+    return None if claimed is None else isolated(claimed, actor, reconcile_claimed, by=RECONCILE)
 
 
-def _reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
+def reconcile_claimed(claimed: Transaction, *, actor: str) -> ActionResult:
     if claimed.status == Status.PENDING:
         assign(claimed, interrupted_fields(claimed))  # abandoned mid-call: put back as unknown
 
