@@ -293,6 +293,10 @@ class TransactionSerializer(serializers.ModelSerializer):
         serializers.IntegerField(help_text="What the provider has refunded (succeeded refunds).")
     )
     def get_amount_refunded(self, txn: Transaction) -> int:
+        # Only a succeeded charge can have refunds: any other answer (a 504 written while the
+        # database is down, say) is rendered without a query.
+        if txn.status != Transaction.Status.SUCCEEDED:
+            return 0
         return sum(refund.amount for refund in txn.refunds.all() if refund.status == Refund.Status.SUCCEEDED)
 
     @extend_schema_field(ErrorSerializer(allow_null=True))
