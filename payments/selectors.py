@@ -56,10 +56,20 @@ def exhausted_unflagged() -> QuerySet[Transaction]:
 
 def to_reconcile() -> QuerySet[Transaction]:
     """What reconcile_payments asks the provider about, oldest first: unknown outcomes whose last
-    charge call started before the window (no attempt can still be in flight), and pending
-    rows abandoned mid-call; by the database's clock."""
+    charge call started before the window (no attempt can still be in flight, so "no such charge"
+    proves none), unknown ones before it on a schedule that backs off (transitions.lookup_due_q:
+    a charge found settles at once), and pending rows abandoned mid-call; by the database's clock."""
+    return (
+        Transaction.objects.alias(**transitions.lookup_schedule())
+        .filter(overdue_q() | transitions.lookup_due_q())
+        .order_by("updated_at", "pk")
+    )
+
+
+def overdue_q() -> Q:
+    """Unknown past the window, or abandoned mid-call: what reconcile must have looked up by now."""
     unknown = Q(status=Transaction.Status.UNKNOWN) & transitions.window_passed_q()
-    return Transaction.objects.filter(unknown | transitions.abandoned_q()).order_by("updated_at", "pk")
+    return unknown | transitions.abandoned_q()
 
 
 # What waits for a person (the admin's "needs attention" view and its counts on the index).
@@ -68,7 +78,7 @@ def to_reconcile() -> QuerySet[Transaction]:
 def attention_to_reconcile() -> QuerySet[Transaction]:
     """Unknown outcomes, and pending rows abandoned mid-call, older than the reconcile window:
     reconcile_payments (or support's Reconcile) should already have asked the provider."""
-    return to_reconcile()
+    return Transaction.objects.filter(overdue_q()).order_by("updated_at", "pk")
 
 
 def attention_overdue_retries(*, now: datetime, grace: timedelta) -> QuerySet[Transaction]:

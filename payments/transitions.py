@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import DateTimeField, ExpressionWrapper, Q
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q
 
 from core.db import DatabaseNow
 from payments.models import Transaction
@@ -191,6 +191,32 @@ def abandoned_q() -> Q:
 def window_passed_q() -> Q:
     """The latest charge call began before the window, by the database's clock."""
     return Q(charge_started_at__lt=window_start()) | Q(charge_started_at__isnull=True)
+
+
+def lookup_due_q() -> Q:
+    """An unknown row to look up before the window passes, on a schedule that backs off: first once
+    the latest charge call's slowest possible attempt is over, then each time as long after the
+    last claim (a lookup's) as that claim was after the call began: about d, 2d, 4d … after it.
+    A charge found then settles at once; "no such charge" still proves nothing until the window.
+    Needs the `since_claim` and `claim_after_start` aliases of `lookup_schedule()`."""
+    slowest_ms = (
+        settings.PAYMENT_DEADLINE_MS + settings.PAYMENT_CONNECT_TIMEOUT_MS + settings.PAYMENT_TIMEOUT_MS
+    )
+    slowest = ExpressionWrapper(
+        DatabaseNow() - timedelta(milliseconds=slowest_ms), output_field=DateTimeField()
+    )
+    backed_off = Q(claimed_at__isnull=True) | Q(since_claim__gte=F("claim_after_start"))
+    return Q(status=Status.UNKNOWN, charge_started_at__lt=slowest) & backed_off
+
+
+def lookup_schedule() -> dict[str, Any]:
+    """The aliases lookup_due_q() compares, by the database's clock."""
+    return {
+        "since_claim": ExpressionWrapper(DatabaseNow() - F("claimed_at"), output_field=DurationField()),
+        "claim_after_start": ExpressionWrapper(
+            F("claimed_at") - F("charge_started_at"), output_field=DurationField()
+        ),
+    }
 
 
 def in_flight_until(txn: Transaction) -> datetime:
