@@ -55,15 +55,21 @@ def plural(count: int, word: str) -> str:
 
 
 def attempt_summary(attempts: Iterable[PaymentAttempt]) -> str:
-    """What the HTTP attempts did: only those that reached the provider are said to have."""
-    charges = [a for a in attempts if a.kind != "lookup"]
-    lookups = [a for a in attempts if a.kind == "lookup"]
+    """What the HTTP attempts did: only those that reached the provider are said to have.
+    A refund's attempts (kind refund or refund_lookup) are counted apart from the charge's."""
+    attempts = list(attempts)
+    charges = [a for a in attempts if a.kind == "charge"]
     reached = sum(a.reached_provider for a in charges)
     parts = [f"{plural(reached, 'charge attempt')} reached the provider"]
     if refused := len(charges) - reached:
         parts.append(f"{plural(refused, 'refused connection')}, nothing sent")
-    if lookups:
-        parts.append(plural(len(lookups), "lookup"))
+    for kind, word in (
+        ("lookup", "lookup"),
+        ("refund", "refund attempt"),
+        ("refund_lookup", "refund lookup"),
+    ):
+        if count := sum(a.kind == kind for a in attempts):
+            parts.append(plural(count, word))
     return "; ".join(parts)
 
 

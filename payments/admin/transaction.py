@@ -11,12 +11,11 @@ from collections.abc import Callable
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.utils import quote, unquote
-from django.core.exceptions import PermissionDenied
+from django.contrib.admin.utils import unquote
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -34,6 +33,7 @@ from payments.admin.banners import (
 )
 from payments.admin.filters import AttentionFilter, NeedsReviewFilter, StatusFilter
 from payments.admin.forms import CancelForm
+from payments.admin.refunds import TransactionRefunds, refund_panel
 from payments.errors import PaymentError
 from payments.models import Transaction
 from payments.services import ActionOutcome, ActionResult
@@ -90,7 +90,7 @@ def bulk_action(*, description: str, permissions: list[str]) -> Callable[[BulkAc
 
 
 @admin.register(Transaction)
-class TransactionAdmin(admin.ModelAdmin):
+class TransactionAdmin(TransactionRefunds):
     list_display = ("created", "client", "amount_formatted", "status", "error", "attempts", "next_retry")
     list_display_links = ("created",)
     list_filter = (
@@ -220,31 +220,20 @@ class TransactionAdmin(admin.ModelAdmin):
             context["banner"] = state_banner(txn, now=now)
             context["payment_actions"] = allowed_actions(txn, user=request.user, now=now)
             context["attempt_summary"] = attempt_summary(txn.attempt_log.all())
+            context["refunds"] = refund_panel(txn, user=request.user)
         return super().change_view(request, object_id, form_url, context)
 
     def get_urls(self) -> list[URLPattern]:
         name = f"{self.opts.app_label}_{self.opts.model_name}"
         views = {"retry": self.retry_view, "reconcile": self.reconcile_view, "cancel": self.cancel_view}
         return [
+            *self.refund_urls(name),  # first: <path:object_id>/reconcile/ would match a refund's
             *(
                 path(f"<path:object_id>/{action}/", self.admin_site.admin_view(view), name=f"{name}_{action}")
                 for action, view in views.items()
             ),
             *super().get_urls(),
         ]
-
-    def _target(self, request: HttpRequest, object_id: str, permission: str) -> Transaction:
-        if not request.user.has_perm(f"payments.{permission}_transaction"):
-            raise PermissionDenied
-        txn = self.get_object(request, unquote(object_id))
-        if txn is None:
-            raise Http404("No such transaction.")
-        return txn
-
-    def _back(self, txn: Transaction) -> HttpResponseRedirect:
-        return HttpResponseRedirect(
-            reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[quote(txn.pk)])
-        )
 
     def retry_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return self._page_action(request, object_id, verb="Retry", action=services.charge_retry)

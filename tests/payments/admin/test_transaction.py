@@ -29,14 +29,6 @@ CHANGELIST = "/admin/payments/transaction/"
 Status = Transaction.Status
 
 
-@pytest.fixture
-def support(transactional_db: None) -> Client:
-    call_command("create_support_user", "alice", "--password", "pw-alice", stdout=io.StringIO())
-    client = Client()
-    assert client.login(username="alice", password="pw-alice")
-    return client
-
-
 def act(client: Client, action: str, *transactions: Transaction, query: str = "", **extra: str) -> Any:
     data = {"action": action, "_selected_action": [str(t.pk) for t in transactions], **extra}
     if "apply" not in extra:
