@@ -11,7 +11,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
-from tests.support.browser import SCREENSHOT_DIR_VARIABLE, _screenshots_dir
+from payments import services
+from tests.support.browser import SCREENSHOT_DIR_VARIABLE, SUPPORT_PASSWORD, SUPPORT_USER, _screenshots_dir
 
 # Playwright's sync API runs an event loop in the test thread; without this
 # Django refuses the ORM calls the tests make to check outcomes.
@@ -31,6 +32,8 @@ DESKTOP_VIEWPORT = {"width": 1280, "height": 900}
 USERNAME = "demo"
 PASSWORD = "demo-password"
 HEALTH_POLL_MS = 500
+# The narrowest desktop screen the admin's list must fit without scrolling sideways.
+LAPTOP_VIEWPORT = {"width": 1366, "height": 768}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -89,3 +92,16 @@ def pay_page(page: Page, live_server: Any, demo_user: Any) -> Callable[..., Page
         return page
 
     return open_page
+
+
+@pytest.fixture
+def admin_page(page: Page, live_server: Any, transactional_db: None) -> Page:
+    """Signed in to /admin/ as a member of "Payment support", through the real login page."""
+    services.support_user_create(username=SUPPORT_USER, password=SUPPORT_PASSWORD)
+    page.set_viewport_size(LAPTOP_VIEWPORT)
+    page.goto(f"{live_server.url}/admin/")
+    page.get_by_label("Username").fill(SUPPORT_USER)
+    page.get_by_label("Password").fill(SUPPORT_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("heading", name="Waiting for support").wait_for()
+    return page

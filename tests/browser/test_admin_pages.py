@@ -12,31 +12,14 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from fakeprovider import FakeProvider
-from payments import services
 from payments.models import Transaction
-from tests.support.browser import save_screenshot
+from tests.support.browser import SUPPORT_USER, save_screenshot
 from tests.support.factories import charge, unknown
 from tests.support.network import closed_port
 
 pytestmark = pytest.mark.browser
 
-# The narrowest desktop screen the list must fit without scrolling sideways.
-LAPTOP_VIEWPORT = {"width": 1366, "height": 768}
-SUPPORT_USER, SUPPORT_PASSWORD = "alice", "pw-alice-support"
 Status = Transaction.Status
-
-
-@pytest.fixture
-def admin_page(page: Page, live_server: Any, transactional_db: None) -> Page:
-    """Signed in to /admin/ as a member of "Payment support", through the real login page."""
-    services.support_user_create(username=SUPPORT_USER, password=SUPPORT_PASSWORD)
-    page.set_viewport_size(LAPTOP_VIEWPORT)
-    page.goto(f"{live_server.url}/admin/")
-    page.get_by_label("Username").fill(SUPPORT_USER)
-    page.get_by_label("Password").fill(SUPPORT_PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_role("heading", name="Waiting for support").wait_for()
-    return page
 
 
 def state(page: Page) -> Any:

@@ -1,5 +1,5 @@
 """What the browser tests share besides their fixtures (tests/browser/conftest.py): filling in
-the payment form, and saving a screenshot."""
+the payment form, the support member's login, and saving a screenshot."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from playwright.sync_api import Page
 README_SCREENSHOTS_DIR = Path(django_settings.BASE_DIR) / "docs" / "screenshots"
 SCREENSHOT_DIR_VARIABLE = "SCREENSHOT_DIR"
 _screenshots_dir: list[Path] = []  # this session's directory, chosen by tests/browser/conftest.py
+
+# The "Payment support" member the admin pages' tests sign in as (tests/browser/conftest.py admin_page).
+SUPPORT_USER, SUPPORT_PASSWORD = "alice", "pw-alice-support"
 
 
 def fill_payment(page: Page, *, amount: str, card: str, currency: str = "USD", description: str = "") -> None:
