@@ -38,7 +38,12 @@ ADMIN_KEY = re.compile(r"admin-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 
 
 def parse_major_units(text: str, currency: str) -> int:
-    """ "5.00" (or "5", "5.00 USD", "1,234.56") in USD -> 500; raises ValidationError saying why."""
+    """An amount typed as the admin shows it, in minor units: "5.00", "5", "5.00 USD" or
+    "1,234.56" in USD -> 500, 500, 500, 123456; raises ValidationError saying why.
+
+    Hand-written rather than Decimal or a locale parser (babel): it reads back exactly the one
+    format the admin shows (format_minor_units), refuses exponents, NaN and other locales'
+    separators, and never rounds: more decimals than the currency has is an error."""
     digits = MINOR_UNIT_DIGITS.get(currency, 2)
     example = format_minor_units(500 * 10**digits, currency)
     shown = text.strip()
