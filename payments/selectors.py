@@ -6,10 +6,11 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Q, QuerySet
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 
 from payments import transitions
-from payments.models import Transaction
+from payments.models import Refund, Transaction
 
 
 def transaction_for_key(*, client: AbstractBaseUser, idempotency_key: str) -> Transaction | None:
@@ -92,5 +93,15 @@ def attention_needs_review() -> QuerySet[Transaction]:
 
 def attention_charged_late() -> QuerySet[Transaction]:
     """Charged after the service gave up on it (canceled, or found not charged): a person decides
-    whether to refund or keep it."""
-    return Transaction.objects.filter(status=Transaction.Status.SUCCEEDED, review_reason__gt="")
+    whether to refund or keep it; once refunded in full, nothing is left to decide."""
+    refunded = (
+        Refund.objects.filter(transaction=OuterRef("pk"), status=Refund.Status.SUCCEEDED)
+        .values("transaction")
+        .annotate(total=Sum("amount"))
+        .values("total")
+    )
+    return (
+        Transaction.objects.filter(status=Transaction.Status.SUCCEEDED, review_reason__gt="")
+        .annotate(refunded=Coalesce(Subquery(refunded), 0))
+        .filter(refunded__lt=F("amount"))
+    )

@@ -18,6 +18,7 @@ from django.utils.timezone import localtime
 from payments import provider, selectors, transitions
 from payments.models import PaymentAttempt, Transaction
 from payments.outcomes import answer
+from payments.services import refunded
 from payments.transitions import next_step
 
 NO_WRAP = '<span style="white-space: nowrap">{}</span>'
@@ -96,6 +97,12 @@ def state_banner(txn: Transaction, *, now: datetime) -> Banner:
     review = (f"Needs review: {txn.review_reason}.",) if txn.needs_review else ()
     if txn.status == Status.SUCCEEDED:
         charge_id = (f"Provider charge id: {txn.provider_charge_id}.",) if txn.provider_charge_id else ()
+        if txn.review_reason and refunded(txn) >= txn.amount:
+            return Banner(
+                "info",
+                f"Charged after all ({txn.review_reason}), and refunded in full.",
+                ("The customer has the money back: nothing more to do.", *charge_id),
+            )
         if txn.review_reason:  # charged after the service had given up on it
             return Banner(
                 "error",

@@ -17,9 +17,11 @@ from django.test import Client
 from django.utils import timezone
 
 from fakeprovider import FakeProvider
+from payments import services
 from payments.admin.transaction import TransactionAdmin
 from payments.models import Refund, Transaction
 from payments.services import SUPPORT_GROUP_NAME
+from payments.transitions import Actor
 from tests.support.factories import charge, unknown
 from tests.support.network import closed_port
 
@@ -380,3 +382,28 @@ def test_a_refund_the_provider_refuses_is_not_refunded_and_final(
     history = history_of(done.content.decode())
     assert "1.00 USD failed" in history and "nothing: final" in history
     assert "Cancel refund" not in history and "left to refund 19.99 USD" in history
+
+
+def test_a_charge_charged_after_cancel_and_refunded_in_full_leaves_the_attention_list(
+    fake_provider: FakeProvider,
+) -> None:
+    from payments import selectors
+    from payments.admin.banners import state_banner
+
+    txn = charge("tok_visa")
+    Transaction.objects.filter(pk=txn.pk).update(review_reason="charged after cancel")
+    txn.refresh_from_db()
+    assert list(selectors.attention_charged_late()) == [txn]
+    assert state_banner(txn, now=timezone.now()).level == "error"
+
+    services.refund_create(
+        charge_id=txn.pk,
+        client=txn.client,
+        request=services.RefundRequest(reason="charged_after_cancel"),
+        idempotency_key=None,
+        by=Actor.SUPPORT,
+        requested_by="support",
+    )
+
+    assert not selectors.attention_charged_late().exists()
+    assert state_banner(txn, now=timezone.now()).level == "info"
