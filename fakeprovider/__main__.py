@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import time
 from types import FrameType
@@ -18,7 +19,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--jitter-ms", type=int, default=0)
     parser.add_argument("--timeout-window-s", type=float, default=10.0)
+    parser.add_argument(
+        "--events-url",
+        help="post a signed event for each settled charge and refund here, "
+        "e.g. http://127.0.0.1:8000/webhooks/provider",
+    )
+    parser.add_argument(
+        "--events-secret",
+        default=(os.environ.get("PAYMENT_WEBHOOK_SECRET") or "").split(" ")[0],
+        help="the whsec_... secret to sign them with (default: the first of $PAYMENT_WEBHOOK_SECRET)",
+    )
     args = parser.parse_args(argv)
+    if args.events_url and not args.events_secret.startswith("whsec_"):
+        parser.error("--events-url needs --events-secret whsec_... (or PAYMENT_WEBHOOK_SECRET set)")
 
     provider = FakeProvider(
         host=args.host,
@@ -27,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         latency_ms=args.latency_ms,
         jitter_ms=args.jitter_ms,
         timeout_window_s=args.timeout_window_s,
+        events_url=args.events_url,
+        events_secret=args.events_secret,
     )
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -37,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, interrupt)
     provider.start()
     print(f"Fake payment provider listening on {provider.url}", flush=True)
+    if args.events_url:
+        print(f"Sending its events to {args.events_url}", flush=True)
     try:
         while True:
             # Short sleeps: the kernel may deliver SIGINT/SIGTERM to a server thread, which does not

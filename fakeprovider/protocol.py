@@ -50,6 +50,8 @@ FAULT_KINDS_BY_TARGET: dict[str, frozenset[str]] = {
     "refund_lookup": frozenset(
         {"hold", "drop_before", "status", "garbage", "trickle", "proxy_404", "redirect", "other_refund"}
     ),
+    # The events it sends (fakeprovider/events.py), keyed by the charge's or refund's key.
+    "event": frozenset({"duplicate", "delay", "reorder", "bad_signature", "stale"}),
 }
 # Faults that answer nothing themselves: they change what the request does, and it goes on under
 # the next matching fault, if any.
@@ -70,6 +72,11 @@ FAULT_PARAMETERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "other_refund": (frozenset(), frozenset({"variant"})),
     "refund_pending": (frozenset({"ms"}), frozenset({"variant"})),
     "refund_failed": (frozenset(), frozenset()),
+    "duplicate": (frozenset(), frozenset()),
+    "delay": (frozenset({"ms"}), frozenset()),
+    "reorder": (frozenset(), frozenset()),
+    "bad_signature": (frozenset(), frozenset()),
+    "stale": (frozenset(), frozenset()),
 }
 FAULT_PARAMETER_NAMES = ("ms", "status", "retry_after", "variant", "location")
 STRING_PARAMETERS = frozenset({"variant", "location"})

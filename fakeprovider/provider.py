@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import unquote
 
+from fakeprovider.events import EventSender
 from fakeprovider.protocol import (
     CHARGES_PATH,
     FINAL_STATUSES,
@@ -66,6 +67,8 @@ class FakeProvider:
         latency_ms: int = 0,
         jitter_ms: int = 0,
         timeout_window_s: float = 10.0,
+        events_url: str | None = None,
+        events_secret: str = "",
     ) -> None:
         self.host = host
         self.api_key = api_key
@@ -88,6 +91,13 @@ class FakeProvider:
         self._refund_commit_delays_ms: dict[str, int] = {}
         self._refund_modes: dict[str, _RefundMode] = {}
         self._stopping = threading.Event()
+        # With events_url: each settled charge and refund is posted there, signed with
+        # events_secret (fakeprovider/events.py), under the "event" faults.
+        self._events = (
+            EventSender(events_url, events_secret, self._take_event_fault, tick=self._announce_refunds)
+            if events_url
+            else None
+        )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -119,6 +129,8 @@ class FakeProvider:
             daemon=True,
         )
         self._thread.start()
+        if self._events is not None:
+            self._events.start()
         return self
 
     def stop(self) -> None:
@@ -127,6 +139,8 @@ class FakeProvider:
             return
         self._server = self._thread = None
         self._stopping.set()
+        if self._events is not None:
+            self._events.stop()
         server.shutdown()
         server.server_close()
         server.close_connections()
@@ -220,6 +234,34 @@ class FakeProvider:
                 return None
             return dict(state.refund or {})
 
+    def events_sent(self) -> list[JsonObject]:
+        """Each event posted to events_url: id, type, key, fault, the HTTP status it got."""
+        return self._events.sent() if self._events is not None else []
+
+    def _take_event_fault(self, key: str) -> Fault | None:
+        return self._take_fault("event", key)
+
+    def _emit(self, kind: str, record: JsonObject, key: str, currency: str) -> None:
+        if self._events is not None:
+            self._events.emit(kind, record, key, currency)
+
+    def _announce_refunds(self) -> None:
+        """Queue the event of each refund that has reached succeeded or failed (once each)."""
+        if self._events is None:
+            return
+        with self._lock:
+            self._settle_due_locked()
+            due = []
+            for key, state in self._refunds.items():
+                refund = state.refund
+                if refund is None or state.announced or refund["status"] not in ("succeeded", "failed"):
+                    continue
+                state.announced = True
+                charge = self._keys[state.request.charge_key].charge or {}
+                due.append((dict(refund), key, str(charge.get("currency", ""))))
+        for refund, key, currency in due:
+            self._emit("refund", refund, key, currency)
+
     def inject(self, fault: Fault | Mapping[str, Any]) -> None:
         self.inject_many([fault])
 
@@ -259,6 +301,8 @@ class FakeProvider:
             self._refund_requests_by_key.clear()
             self._refund_commit_delays_ms.clear()
             self._refund_modes.clear()
+        if self._events is not None:
+            self._events.reset()
 
     def _note_trickle(self, *, sent: int, total: int, hung_up: bool) -> None:
         with self._lock:
@@ -318,12 +362,14 @@ class FakeProvider:
         if key:
             with self._lock:
                 self._refund_requests_by_key[key] = self._refund_requests_by_key.get(key, 0) + 1
-        return self._serve(
+        answer = self._serve(
             "refund",
             key,
             lambda slow_ms: self._refund(authorization, charge_key, key, raw_body, slow_ms=slow_ms),
             stored=lambda: self._stored_refund(key) if key else None,
         )
+        self._announce_refunds()
+        return answer
 
     def _serve_refund_lookup(
         self, authorization: str | None, raw_charge_key: str, raw_refund_key: str
@@ -452,6 +498,8 @@ class FakeProvider:
                 delay_ms = self._commit_delays_ms.pop(key, 0)
                 state.visible_at = time.monotonic() + delay_ms / 1000
             state.in_progress = False
+        if response.status in FINAL_STATUSES and charge is not None:
+            self._emit("charge", dict(charge), key, request.currency)
         self._hold_if_timing_out(state, arrived_at)
         return response
 

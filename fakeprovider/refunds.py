@@ -48,6 +48,8 @@ class _RefundState:
     # A pending refund settles as `settles_to` at this moment (time.monotonic()); None: never.
     settles_at: float | None = None
     settles_to: str = "succeeded"
+    # Its event (succeeded or failed) has been queued: each refund is announced once.
+    announced: bool = False
 
     def settle(self, now: float, status: str | None = None) -> bool:
         """Settle a pending refund whose time has come (or now, as `status`); whether it did."""

@@ -116,6 +116,9 @@ class Transaction(models.Model):
     # it is under this id (and under transaction_id, which commands' lines carry too).
     last_request_id = models.CharField(max_length=128, blank=True)
     status_note = models.CharField(max_length=500, blank=True)
+    # A provider event about it that could not be placed (another amount, say) asked for a
+    # lookup: an unknown row is then due for reconcile_payments at once, window or not.
+    lookup_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -269,3 +272,39 @@ class PaymentAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} attempt {self.number}: {self.outcome}"
+
+
+class ProviderEvent(models.Model):
+    """One event the provider sent to POST /webhooks/provider, verified, stored once.
+
+    `webhook_id` (the Standard Webhooks `webhook-id`) is unique: the event is inserted in the
+    same database transaction as its effect, so a duplicate finds it and changes nothing
+    (payments.services.provider_events).
+    """
+
+    class Effect(models.TextChoices):
+        APPLIED = "applied"  # it settled the charge or refund
+        UNCHANGED = "unchanged"  # already so, or a final state it may not move: nothing changed
+        LOOKUP = "lookup"  # it could not be placed on its row: the row was marked for a lookup
+        UNPLACED = "unplaced"  # no row of ours, or an event it cannot read: only logged
+
+    webhook_id = BinaryCharField(max_length=255, unique=True)
+    type = models.CharField(max_length=64)
+    # The webhook-timestamp header: when the provider says it sent it.
+    sent_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    payload = models.JSONField(default=dict, blank=True)
+    effect = models.CharField(max_length=16, choices=Effect.choices)
+    detail = models.CharField(max_length=500, blank=True)
+    transaction = models.ForeignKey(
+        Transaction, on_delete=models.PROTECT, null=True, blank=True, related_name="provider_events"
+    )
+    refund = models.ForeignKey(
+        Refund, on_delete=models.PROTECT, null=True, blank=True, related_name="provider_events"
+    )
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.webhook_id}: {self.effect}"

@@ -21,18 +21,21 @@ REFUND_ACTOR_NAMES = {
     Actor.CLIENT: "API client",
     Actor.SUPPORT: "admin Refund…",
     Actor.RECONCILE: "reconcile_refunds",
+    Actor.PROVIDER: "provider event",
 }
 
 # A refund's moves. Who sends it: the API client (POST …/refunds, again with its
 # Idempotency-Key) and support (the transaction page's Refund…); reconcile_refunds looks up.
 REFUND_SENDERS = frozenset({Actor.CLIENT, Actor.SUPPORT})
 REFUND_ANSWERED = frozenset({Actor.CLIENT, Actor.SUPPORT, Actor.RECONCILE})
+# Who may report a provider's fact about a refund: also the provider's own event.
+REFUND_REPORTED = REFUND_ANSWERED | {Actor.PROVIDER}
 
 
 def _refund_answers(why: str) -> dict[Event, Move]:
     return {
-        Event.SUCCEEDED: Move(RefundStatus.SUCCEEDED, REFUND_ANSWERED, why),
-        Event.DECLINED: Move(RefundStatus.FAILED, REFUND_ANSWERED, f"{why}: the provider refused it, final"),
+        Event.SUCCEEDED: Move(RefundStatus.SUCCEEDED, REFUND_REPORTED, why),
+        Event.DECLINED: Move(RefundStatus.FAILED, REFUND_REPORTED, f"{why}: the provider refused it, final"),
     }
 
 
@@ -79,7 +82,7 @@ REFUND_TABLE: dict[tuple[str, Event], Move] = {
     ),
     **{(RefundStatus.UNKNOWN, e): m for e, m in _refund_answers("a late answer").items()},
     (RefundStatus.CANCELED, Event.SUCCEEDED): Move(
-        RefundStatus.SUCCEEDED, REFUND_ANSWERED, "refunded after all: flagged for review"
+        RefundStatus.SUCCEEDED, REFUND_REPORTED, "refunded after all: flagged for review"
     ),
 }
 

@@ -59,10 +59,13 @@ def to_reconcile() -> QuerySet[Transaction]:
     """What reconcile_payments asks the provider about, oldest first: unknown outcomes whose last
     charge call started before the window (no attempt can still be in flight, so "no such charge"
     proves none), unknown ones before it on a schedule that backs off (transitions.lookup_due_q:
-    a charge found settles at once), and pending rows abandoned mid-call; by the database's clock."""
+    a charge found settles at once), unknown ones a provider event asked a lookup for, at once,
+    and pending rows abandoned mid-call; by the database's clock. Before the window a lookup that
+    finds no charge proves nothing (settlement.settle_not_charged)."""
+    asked = Q(status=Transaction.Status.UNKNOWN, lookup_requested_at__isnull=False)
     return (
         Transaction.objects.alias(**transitions.lookup_schedule())
-        .filter(overdue_q() | transitions.lookup_due_q())
+        .filter(overdue_q() | transitions.lookup_due_q() | asked)
         .order_by("updated_at", "pk")
     )
 

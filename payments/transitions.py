@@ -44,6 +44,7 @@ class Actor(enum.StrEnum):
     RETRY = "retry"  # retry_failed_payments, the admin's Retry
     RECONCILE = "reconcile"  # reconcile_payments, the admin's Reconcile
     SUPPORT = "support"  # a person in the admin: Cancel…
+    PROVIDER = "provider"  # the provider's own event (POST /webhooks/provider): reports facts only
 
 
 ACTOR_NAMES = {
@@ -51,6 +52,7 @@ ACTOR_NAMES = {
     Actor.RETRY: "retry_failed_payments, admin Retry",
     Actor.RECONCILE: "reconcile_payments, admin Reconcile",
     Actor.SUPPORT: "admin Cancel…",
+    Actor.PROVIDER: "provider event",
 }
 
 # Put back: the status the row had before its claim (failed or unknown).
@@ -66,13 +68,15 @@ class Move:
 
 SENDERS = frozenset({Actor.CLIENT, Actor.RETRY})
 ANSWERED = frozenset({Actor.CLIENT, Actor.RETRY, Actor.RECONCILE})
+# Who may report a provider's fact (a success or a decline): also the provider's own event.
+REPORTED = ANSWERED | {Actor.PROVIDER}
 
 
 def _answers(why: str) -> dict[Event, Move]:
     """A definitive answer from the provider settles any row that is not final."""
     return {
-        Event.SUCCEEDED: Move(Status.SUCCEEDED, ANSWERED, why),
-        Event.DECLINED: Move(Status.DECLINED, ANSWERED, why),
+        Event.SUCCEEDED: Move(Status.SUCCEEDED, REPORTED, why),
+        Event.DECLINED: Move(Status.DECLINED, REPORTED, why),
     }
 
 
@@ -115,7 +119,7 @@ TABLE: dict[tuple[str, Event], Move] = {
     **{(Status.UNKNOWN, event): move for event, move in _answers("a late answer").items()},
     # A provider's success is a fact, recorded whatever the row's state: never dropped.
     (Status.CANCELED, Event.SUCCEEDED): Move(
-        Status.SUCCEEDED, ANSWERED, "charged after all (an attempt outlived the cancel): flagged for review"
+        Status.SUCCEEDED, REPORTED, "charged after all (an attempt outlived the cancel): flagged for review"
     ),
 }
 

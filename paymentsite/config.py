@@ -8,6 +8,8 @@ in `core.checks` turns them into errors that stop start-up.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -44,6 +46,9 @@ MYSQL_URL_OPTIONS = {
 }
 MYSQL_URL_SSL_OPTIONS = {"ssl_ca": "ca", "ssl_cert": "cert", "ssl_key": "key", "ssl_capath": "capath"}
 HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+# A Standard Webhooks secret: `whsec_` and the key in base64; the scheme asks for 24 to 64 bytes.
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_SECRET_BYTES = (24, 64)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -159,6 +164,20 @@ class EnvReader:
             self._fail(name, raw, "expected a header name such as X-Forwarded-Proto")
             return None
         return "HTTP_" + raw.upper().replace("-", "_"), "https"
+
+    def webhook_secrets(self, name: str) -> tuple[str, ...]:
+        """Standard Webhooks secrets (`whsec_` + base64 of 24 to 64 bytes), separated by spaces:
+        several at once while one is rotated. Unset: none (the endpoint is off). Masked in errors."""
+        raw = self._raw(name)
+        if raw is None:
+            return ()
+        secrets = tuple(raw.split())
+        for position, secret in enumerate(secrets, start=1):
+            problem = webhook_secret_problem(secret)
+            if problem:
+                self._fail(name, f"<secret {position} of {len(secrets)}, masked>", problem)
+                return ()
+        return secrets
 
     def secret_key(self, name: str, *, debug: bool) -> str:
         """A missing, development or guessable key is refused in production mode (masked in the message)."""
@@ -296,6 +315,26 @@ class EnvReader:
         if not Path(path).is_file():
             self._fail(name, path, "expected the path of a readable PEM file (no such file)")
         return path
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """Why `secret` is no Standard Webhooks secret, or None. Strict base64: the library's own
+    decoder skips characters it does not know, so a typo would silently make another key."""
+    low, high = WEBHOOK_SECRET_BYTES
+    expected = (
+        f"expected {WEBHOOK_SECRET_PREFIX}<base64 of {low} to {high} random bytes>, "
+        "several separated by spaces"
+    )
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return expected
+    encoded = secret[len(WEBHOOK_SECRET_PREFIX) :]
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return expected
+    if not low <= len(key) <= high:
+        return f"{expected} (this one is {len(key)} bytes)"
+    return None
 
 
 def provider_url_problem(raw: str) -> str | None:

@@ -220,6 +220,9 @@ PAYMENT_BREAKER_RESET_S = config.int("PAYMENT_BREAKER_RESET_S", 30, minimum=1, m
 PAYMENT_MAX_CONCURRENT_CALLS = config.int("PAYMENT_MAX_CONCURRENT_CALLS", 24, minimum=1, maximum=1000)
 # Shows the fake provider's test cards on the payment page (set by `make run`).
 PAYMENT_FAKE_PROVIDER = config.bool("PAYMENT_FAKE_PROVIDER", False)
+# The provider's events (POST /webhooks/provider): the Standard Webhooks secrets they are signed
+# with, several while one is rotated. None: the endpoint answers 404 webhooks_not_configured.
+PAYMENT_WEBHOOK_SECRET = config.webhook_secrets("PAYMENT_WEBHOOK_SECRET")
 
 # Logging and CloudWatch ---------------------------------------------------
 

@@ -8,7 +8,7 @@ from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from health.views import metrics
-from payments import pages
+from payments import pages, webhooks
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
@@ -27,6 +27,8 @@ urlpatterns = [
     path("health/", include("health.urls")),
     path("metrics", metrics, name="metrics"),
     path("pay/", pages.pay, name="pay"),
+    # The provider's events (Standard Webhooks signatures, no API key): payments/webhooks.py.
+    path("webhooks/provider", webhooks.provider_events, name="provider-events"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page=reverse_lazy("login")), name="logout"),
 ]

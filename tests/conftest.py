@@ -16,6 +16,9 @@ from fakeprovider import FakeProvider
 from payments import provider
 from tests.support.service import TEST_API_KEY
 
+# Fixtures that live beside their helpers: events_provider.
+pytest_plugins = ["tests.support.events"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Hypothesis (the model test, and schemathesis in the fuzz test) keeps its example database

@@ -6,6 +6,7 @@
   work on and giving it back.
 - `refunds`: the refund path; `refund_settlement`, `refund_reconcile`: recording a refund's
   answer, and reconcile_refunds' lookups.
+- `provider_events`: the provider's verified events, stored once and recorded as facts.
 - `users`: setting up support staff.
 
 The names below are the services' public interface; entry points import them from here.
@@ -15,6 +16,7 @@ from payments.roles import SUPPORT_GROUP_NAME
 from payments.services.charge import Charged, ChargeRequest, charge_create
 from payments.services.claims import ERROR_OUTCOMES, ActionOutcome, ActionResult
 from payments.services.lookup import charge_lookup_on_read
+from payments.services.provider_events import Received, provider_event_receive
 from payments.services.refund_reconcile import (
     refund_cancel,
     refund_reconcile,
@@ -40,6 +42,7 @@ __all__ = [
     "ActionResult",
     "ChargeRequest",
     "Charged",
+    "Received",
     "RefundRequest",
     "Refunded",
     "charge_cancel",
@@ -50,6 +53,7 @@ __all__ = [
     "charge_retry",
     "charge_retry_next",
     "flag_exhausted",
+    "provider_event_receive",
     "reconcile_after",
     "refund_cancel",
     "refund_create",

@@ -97,6 +97,16 @@ MYSQL = "mysql://app:s3cr3t-pw@db.internal:3306/payments"
         ),
         ({"DATABASE_URL": MYSQL, "DB_SSL_CA": "/nonexistent/ca.pem"}, "DB_SSL_CA='/nonexistent/ca.pem'"),
         ({"DB_SSL_MODE": "REQUIRED"}, "DB_SSL_MODE set, but TLS applies to a MySQL database only"),
+        # The provider's events: Standard Webhooks secrets, masked.
+        (
+            {"PAYMENT_WEBHOOK_SECRET": "s3cr3t"},
+            "PAYMENT_WEBHOOK_SECRET='<secret 1 of 1, masked>' is invalid: expected whsec_<base64 of 24 to 64",
+        ),
+        (
+            {"PAYMENT_WEBHOOK_SECRET": "whsec_" + "A" * 32 + " whsec_s3cr3t!"},
+            "PAYMENT_WEBHOOK_SECRET='<secret 2 of 2, masked>' is invalid",
+        ),
+        ({"PAYMENT_WEBHOOK_SECRET": "whsec_czNjcjN0"}, "(this one is 6 bytes)"),
     ],
 )
 def test_bad_value_stops_the_check_naming_variable_and_value(
@@ -249,6 +259,18 @@ def test_db_parts_build_the_database_settings(monkeypatch: pytest.MonkeyPatch) -
         "USER": "app",
         "PASSWORD": "p@ss",
     }
+
+
+def test_webhook_secrets_are_read_separated_by_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = "whsec_" + "A" * 32, "whsec_" + "B" * 86
+    config = reader(monkeypatch, PAYMENT_WEBHOOK_SECRET=f" {old}  {new} ")
+
+    assert config.webhook_secrets("PAYMENT_WEBHOOK_SECRET") == (old, new)
+    assert config.errors == []
+
+
+def test_unset_webhook_secret_turns_events_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert reader(monkeypatch).webhook_secrets("PAYMENT_WEBHOOK_SECRET") == ()
 
 
 # README's table and .env.example ------------------------------------------------------
