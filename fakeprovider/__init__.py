@@ -71,6 +71,10 @@ Refunds take the charge's kinds (a refund made where a charge would be charged),
     {"kind": "refund_failed"}            the refund is made failed; not an answer of its own
 
 Refund lookups take the lookup's kinds, with `other_refund` for `other_charge`.
+Events: with `events_url` (and `events_secret`, `whsec_...`) it posts a Standard Webhooks event
+for each charge it makes and each refund once succeeded or failed, under `"on": "event"` faults
+(duplicate, delay, reorder, bad_signature, stale); see fakeprovider/events.py.
+
 Control endpoints (no key needed):
 `GET /_fake/charges` (charges per key), `GET /_fake/ledger` (each charge made, per key),
 `GET /_fake/refunds` (each refund made, per charge key), `POST /_fake/refunds/settle`

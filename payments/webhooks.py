@@ -105,7 +105,7 @@ def provider_events(request: HttpRequest) -> JsonResponse:
     if code:
         log_event(
             logger,
-            "provider_event.unverified",
+            "provider.event_unverified",
             level=logging.WARNING,
             message=f"A provider event was refused, nothing stored: {code}",
             code=code,

@@ -84,7 +84,7 @@ def provider_event_receive(*, webhook_id: str, sent_at: datetime, body: Any) -> 
         stored = ProviderEvent.objects.filter(webhook_id=webhook_id).first()
         log_event(
             logger,
-            "provider_event.duplicate",
+            "provider.event_duplicate",
             message=f"Provider event {webhook_id} was already received: nothing changed",
             webhook_id=webhook_id,
             event_type=str(event_type or ""),
@@ -227,12 +227,12 @@ def _log_received(event: ProviderEvent, fields: dict[str, Any]) -> None:
     common = {"webhook_id": event.webhook_id, "event_type": event.type, "effect": event.effect, **fields}
     if event.effect == Effect.APPLIED:
         log_event(
-            logger, "provider_event.applied", message=f"Provider event {event.type}: {event.detail}", **common
+            logger, "provider.event_applied", message=f"Provider event {event.type}: {event.detail}", **common
         )
     elif event.effect == Effect.UNCHANGED and event.detail.startswith("contradicts"):
         log_event(
             logger,
-            "provider_event.contradicted",
+            "provider.event_contradicted",
             level=logging.ERROR,
             message=f"Provider event {event.type} {event.detail}; support should look",
             **common,
@@ -240,14 +240,14 @@ def _log_received(event: ProviderEvent, fields: dict[str, Any]) -> None:
     elif event.effect == Effect.UNCHANGED:
         log_event(
             logger,
-            "provider_event.unchanged",
+            "provider.event_unchanged",
             message=f"Provider event {event.type}: {event.detail}",
             **common,
         )
     elif event.effect == Effect.LOOKUP:
         log_event(
             logger,
-            "provider_event.lookup",
+            "provider.event_lookup",
             level=logging.WARNING,
             message=f"Provider event {event.type} could not be placed ({event.detail})",
             **common,
@@ -255,7 +255,7 @@ def _log_received(event: ProviderEvent, fields: dict[str, Any]) -> None:
     else:
         log_event(
             logger,
-            "provider_event.unplaced",
+            "provider.event_unplaced",
             level=logging.WARNING,
             message=f"Provider event {event.type or '(no type)'} could not be placed: {event.detail}",
             **common,
