@@ -86,8 +86,13 @@ def settle_refund(*, claimed: Refund, result: ProviderResult, by: Actor, kind: s
             raise fenced(row, what=f"its {result.outcome} answer")
         record_attempts(txn=row.transaction_id, refund=row, attempts=result.attempts, kind=kind)
         previous = row.status
-        if kind == "refund" and result.attempts and owner:
-            row.attempts += 1
+        if (
+            kind == "refund"
+            and result.attempts
+            and claimed.claim_token
+            and row.claim_token == claimed.claim_token
+        ):
+            row.attempts += 1  # this claim's call, also when an event settled it meanwhile
         target = transitions.move(row.status, event, by=by, table=REFUND_TABLE) if event else None
         if target is not None:
             _apply(row, event, target, result, previous=previous)

@@ -218,7 +218,14 @@ def settle(*, claimed: Transaction, result: ProviderResult, by: Actor, kind: str
             raise fenced(txn, claimed, what=f"its {result.outcome} answer")
         record_attempts(txn=txn, attempts=result.attempts, kind=kind)
         previous = (txn.status, txn.error_code)
-        if kind == "charge" and result.attempts and owner:
+        # This claim's try counts while no other claim took the row, also when a provider event
+        # settled it during the call (the token is still this claim's).
+        if (
+            kind == "charge"
+            and result.attempts
+            and claimed.claim_token
+            and txn.claim_token == claimed.claim_token
+        ):
             txn.attempts += 1
         target = transitions.move(txn.status, event, by=by) if event else None
         if target in (Status.SUCCEEDED, Status.DECLINED):
