@@ -60,6 +60,9 @@ def pay(request: HttpRequest) -> HttpResponse:
             "test_cards": TEST_CARDS if settings.PAYMENT_FAKE_PROVIDER else None,
             "health_url": HEALTH_URL,
             "health_poll_ms": _health_poll_ms(request.GET.get("health_poll_ms")),
+            # While a payment is being verified, the page reads it again this often (each read may
+            # ask the provider: payments.services.lookup); 0: it does not.
+            "verify_poll_ms": settings.PAYMENT_LOOKUP_ON_READ_S * 1000,
             # pay.js picks the payer's message from the one outcome table (payments.outcomes).
             "outcome_pages": [
                 {"name": a.name, "type": a.error_type, "code": a.code, "page": a.page}

@@ -61,6 +61,9 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 @pytest.fixture(autouse=True)
 def payment_page_settings(provider_settings: Any) -> Any:
     provider_settings.PAYMENT_FAKE_PROVIDER = True
+    # The page does not read a payment being verified again unless a test asks it to (then a
+    # test that waits on "being verified" would see it settle under it).
+    provider_settings.PAYMENT_LOOKUP_ON_READ_S = 0
     return provider_settings
 
 

@@ -151,6 +151,28 @@ def test_timeout_says_being_verified_offers_no_new_payment_and_try_again_charges
     assert fake_provider.total_charges() == 1
 
 
+def test_a_payment_being_verified_shows_its_receipt_once_the_service_learns_it_was_charged(
+    pay_page: PayPage, fake_provider: FakeProvider, settings: Any
+) -> None:
+    settings.PAYMENT_MAX_RETRIES = 0
+    settings.PAYMENT_LOOKUP_ON_READ_S = 1  # the page reads it every second; each read may look it up
+    fake_provider.inject({"kind": "drop_after"})  # charged, but the answer is lost
+    page = pay_page()
+    fill_payment(page, amount="12.00", card="Visa — succeeds", description="Order 1003")
+    pay(page)
+
+    expect_being_verified(page, "We are checking this payment")
+    txn = Transaction.objects.get()
+    assert txn.status == "unknown"
+
+    expect_receipt(page, txn)  # nobody clicked: the page read it again and the service looked it up
+    expect_actions(page, "New payment")
+    txn.refresh_from_db()
+    assert txn.status == "succeeded"
+    assert fake_provider.request_count(txn.provider_idempotency_key) == 1, "looked up, never sent again"
+    assert fake_provider.charge_count(txn.provider_idempotency_key) == 1
+
+
 def test_no_answer_from_paymentsite_says_being_verified_without_new_payment(pay_page: PayPage) -> None:
     page = pay_page()
     page.route("**/api/v1/charges", lambda route: route.abort("connectionreset"))

@@ -30,6 +30,11 @@
   const cancelUrlTemplate = form.dataset.cancelUrl;
   const loginUrl = form.dataset.loginUrl;
   const maxAmount = Number(form.dataset.maxAmount);
+  // While a payment is being verified, read it again this often, for at most VERIFY_FOR_MS: each
+  // read may ask the provider (PAYMENT_LOOKUP_ON_READ_S), so the page learns the outcome as soon
+  // as the service does. 0: never.
+  const verifyPollMs = Number(form.dataset.verifyPollMs) || 0;
+  const VERIFY_FOR_MS = 5 * 60 * 1000;
   const csrfToken = form.querySelector("input[name=csrfmiddlewaretoken]").value;
   const minorDigits = new Map(
     Array.from(currencySelect.options, (option) => [option.value, Number(option.dataset.digits)]),
@@ -361,6 +366,43 @@
     }
   }
 
+  // What a read of the payment (GET /api/v1/charges/{id}) means, in the words of a charge's answer.
+  function describeRead(txn) {
+    if (txn.status === "succeeded") return describe({ status: 201 }, txn);
+    return describe({ status: 200 }, { error: txn.error || {}, transaction: txn });
+  }
+
+  let verifyTimer = null;
+  function watchWhileVerifying(txn) {
+    clearTimeout(verifyTimer);
+    if (!verifyPollMs || !txn || txn.status !== "unknown") return;
+    const until = Date.now() + VERIFY_FOR_MS;
+    const check = async () => {
+      if (state.phase !== "result" || !state.transaction || state.transaction.id !== txn.id) return;
+      const read = await getJson(`${chargesUrl}/${encodeURIComponent(txn.id)}`);
+      const now = read.body && read.body.id === txn.id ? read.body : null;
+      if (now && now.status !== "unknown" && now.status !== "pending") {
+        if (state.phase === "result" && state.transaction && state.transaction.id === txn.id) showResult(describeRead(now));
+        return;
+      }
+      if (Date.now() < until) verifyTimer = setTimeout(check, verifyPollMs);
+    };
+    verifyTimer = setTimeout(check, verifyPollMs);
+  }
+
+  async function getJson(url) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+    try {
+      const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" }, signal: controller.signal });
+      return { response, body: await response.json().catch(() => null) };
+    } catch (error) {
+      return { response: null, body: null };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   function showResult(result) {
     state.phase = result.next || "result";
     state.actions = result.actions || [];
@@ -377,6 +419,7 @@
       actionButtons[state.actions[0]].focus();
     }
     refreshRecent();
+    watchWhileVerifying(state.phase === "result" ? state.transaction : null);
   }
 
   async function send(attempt) {
