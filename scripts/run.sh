@@ -11,6 +11,8 @@ export PAYMENT_API_KEY=${PAYMENT_API_KEY:-sk_test_fake}
 export PAYMENT_FAKE_PROVIDER=${PAYMENT_FAKE_PROVIDER:-true}
 export LOG_FORMAT=${LOG_FORMAT:-console}
 export DJANGO_DEBUG=${DJANGO_DEBUG:-true}
+# The fake provider signs its events with this secret and posts them to /webhooks/provider.
+export PAYMENT_WEBHOOK_SECRET=${PAYMENT_WEBHOOK_SECRET:-whsec_$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(24)).decode())')}
 
 support_user=support
 support_password=support-password
@@ -72,7 +74,8 @@ SUPPORT_USER_PASSWORD=$support_password .venv/bin/python manage.py create_suppor
 # tok_timeout holds answers for 15 s: longer than the two 5 s attempts that fit in the
 # 10 s deadline, so the demo shows the 504 and then a safe "Try again".
 .venv/bin/python -m fakeprovider --host 127.0.0.1 --port "$provider_port" \
-  --api-key "$PAYMENT_API_KEY" --latency-ms 150 --jitter-ms 100 --timeout-window-s 15 &
+  --api-key "$PAYMENT_API_KEY" --latency-ms 150 --jitter-ms 100 --timeout-window-s 15 \
+  --events-url "http://$host:$port/webhooks/provider" --events-secret "${PAYMENT_WEBHOOK_SECRET%% *}" &
 pids+=($!)
 
 .venv/bin/python manage.py runserver "$host:$port" --noreload &
