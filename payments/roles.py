@@ -15,6 +15,7 @@ SUPPORT_PERMISSIONS = (
     "cancel_transaction",
     "view_refund",
     "refund_transaction",  # refunds from the transaction's page (granted by create_support_user)
+    "view_providerevent",  # what the provider's events said and did
 )
 
 

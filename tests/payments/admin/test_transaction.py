@@ -52,6 +52,7 @@ def test_create_support_user_makes_a_staff_user_in_the_support_group(support: Cl
         "payments.cancel_transaction",
         "payments.view_refund",
         "payments.refund_transaction",
+        "payments.view_providerevent",
     }
 
 
@@ -690,3 +691,25 @@ def test_index_shows_no_counts_to_staff_who_cannot_see_payments(transactional_db
     client.login(username="staff", password="pw-staff")
 
     assert "needs-attention" not in client.get("/admin/").content.decode()
+
+
+def test_support_reads_the_provider_events_but_cannot_change_them(support: Client) -> None:
+    from payments.models import ProviderEvent
+
+    txn = charge("tok_visa")
+    event = ProviderEvent.objects.create(
+        webhook_id="msg_1",
+        type="charge.succeeded",
+        sent_at=txn.created_at,
+        effect="unchanged",
+        transaction=txn,
+    )
+
+    listed = support.get("/admin/payments/providerevent/")
+    assert listed.status_code == 200 and b"msg_1" in listed.content
+    page = support.get(f"/admin/payments/providerevent/{event.pk}/change/")
+    assert page.status_code == 200 and b'name="_save"' not in page.content
+    assert (
+        support.post(f"/admin/payments/providerevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    )
+    assert ProviderEvent.objects.filter(pk=event.pk).exists()
