@@ -9,7 +9,8 @@ dev=0
 [[ "${1:-}" == "--dev" ]] && dev=1
 
 debian_packages=(libmariadb-dev pkg-config gcc)
-(( dev )) && debian_packages+=(chromium faketime prometheus)  # prometheus: promtool checks a scrape
+# prometheus: promtool checks a scrape; wrk: the load generator of `make bench` (C, so the figures are the server's)
+(( dev )) && debian_packages+=(chromium faketime prometheus wrk)
 missing=()
 for package in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
