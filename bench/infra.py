@@ -231,6 +231,9 @@ class Gunicorn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        return [GUNICORN, "-c", "paymentsite/gunicorn.conf.py"]
+
     def start(self) -> Self:
         self._prometheus_dir = tempfile.TemporaryDirectory(prefix="paymentsite-prometheus-")
         env = {
@@ -241,7 +244,7 @@ class Gunicorn:
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [GUNICORN, "-c", "paymentsite/gunicorn.conf.py"],
+                self.command(),
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -291,6 +294,25 @@ class Gunicorn:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class FloorGunicorn(Gunicorn):
+    """bench/floor.py's raw WSGI app on the same gunicorn: the shipped worker class, workers,
+    threads and keep-alive, without the product's config (its access log, hooks and checks)."""
+
+    threads: int = 32
+    keepalive_s: int = 5
+
+    def command(self) -> list[str]:
+        return [
+            GUNICORN,
+            "--worker-class=gthread",
+            f"--workers={self.workers}",
+            f"--threads={self.threads}",
+            f"--keep-alive={self.keepalive_s}",
+            f"--bind=127.0.0.1:{self.port}",
+            "bench.floor:application",
+        ]
 
 
 def manage(*args: str, env: Mapping[str, str], timeout_s: float = 120.0) -> subprocess.CompletedProcess:
@@ -349,6 +371,45 @@ def query(*, port: int, database: str, sql: str, host: str = "127.0.0.1") -> lis
             return list(cursor.fetchall())
     finally:
         connection.close()
+
+
+STATUS_COUNTERS = (
+    "Questions",
+    "Com_select",
+    "Com_insert",
+    "Com_update",
+    "Com_delete",
+    "Com_begin",
+    "Com_commit",
+    "Com_rollback",
+    "Com_set_option",
+    "Com_admin_commands",  # COM_PING among them: a pool's pre-ping (Questions leaves it out)
+)
+
+
+class StatementCounter:
+    """MariaDB's global statement counters (SHOW GLOBAL STATUS) on one connection of its own.
+
+    Global: meant for a server that runs nothing else (PrivateMariaDB). `delta()` leaves out
+    the counter's own SHOW statements.
+    """
+
+    def __init__(self, *, port: int, host: str = "127.0.0.1") -> None:
+        self._connection = MySQLdb.connect(host=host, port=port, user="root")
+
+    def snapshot(self) -> dict[str, int]:
+        with self._connection.cursor() as cursor:
+            cursor.execute("SHOW GLOBAL STATUS")
+            values = dict(cursor.fetchall())
+        return {name: int(values.get(name, 0)) for name in STATUS_COUNTERS}
+
+    @staticmethod
+    def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+        """`after` minus `before`, less the one SHOW that took `after`."""
+        return {name: after[name] - before[name] - (name == "Questions") for name in STATUS_COUNTERS}
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 class PrivateMariaDB:

@@ -1,12 +1,16 @@
 """`make bench` (`QUICK=1` for a short run): the scenarios against MariaDB-backed gunicorn.
 
-    .venv/bin/python -m bench.run [--quick] [--runs N] [--output bench/results/latest.md]
+    .venv/bin/python -m bench.run [--quick] [--runs N] [--only …] [--open-rate N] [--profile]
+                                  [--output bench/results/latest.md]
 
 Starts the fake provider (100 ms latency) and, per scenario, gunicorn with the shipped
-config on its own database `paymentsite_bench` in the MariaDB at BENCH_DB_HOST:BENCH_DB_PORT
-(127.0.0.1:3306, root, no password by default; the database is dropped and recreated).
-The database-restart scenario starts a MariaDB instance of its own instead. Prints the
-table and writes it, with the command, machine and date, to the output file.
+config. Load comes from wrk (bench/wrk.py) for the service-against-floor scenarios
+(bench/versus_floor.py), which run on a MariaDB instance of their own, as the
+database-restart scenario does; the other drills (killed worker, provider hang) use the
+database `paymentsite_bench` in the MariaDB at BENCH_DB_HOST:BENCH_DB_PORT (127.0.0.1:3306,
+root, no password by default; the database is dropped and recreated) and bench/load.py's
+threaded clients, which tag each request. Prints the table and writes it, with the command,
+machine and date, to the output file.
 """
 
 from __future__ import annotations
@@ -23,14 +27,22 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import MySQLdb
 
-from bench import scenarios
+from bench import profile, scenarios, wrk
 from bench.infra import ROOT, FakeProviderProcess, manage, mysql_url, recreate_database, service_env
 from bench.scenarios import Bench, Durations, Figures
+from bench.versus_floor import (
+    CPU_BOUND_CONNECTIONS,
+    LATENCY_BOUND_CONNECTIONS,
+    LATENCY_BOUND_PROVIDER_MS,
+    OPEN_LOOP_CONNECTIONS,
+    versus_floor,
+)
 
 DATABASE_NAME = "paymentsite_bench"
 PROVIDER_LATENCY_MS = 100
@@ -62,42 +74,97 @@ def _yes(condition: bool) -> str:
     return "yes" if condition else "**no**"
 
 
-def table(results: dict[str, Figures], *, concurrency: int, latency_ms: int) -> str:
-    bound = concurrency / (latency_ms / 1000)
+def table(results: dict[str, Figures]) -> str:
     rows = ["| Scenario | Result (median of runs) | Aim | Met |", "|---|---|---|---|"]
-    steady, floor = results.get("steady"), results.get("floor")
-    if steady:
-        cpu_bound = steady["cpu_ceiling_per_s"] < bound
-        met = steady["littles_fraction"] >= 0.85
-        of_ceiling = steady["throughput_per_s"] / min(bound, steady["cpu_ceiling_per_s"])
+    service, floor = results.get("cpu_bound"), results.get("floor_cpu_bound")
+    if service and floor:
         rows.append(
-            f"| Steady (C={concurrency}, provider {latency_ms} ms) "
-            f"| {_n(steady['throughput_per_s'])} charges/s = **{_n(steady['littles_fraction'], 2)}** of the "
-            f"bound C/latency ({_n(bound)}/s); p50 {_n(steady['p50_ms'])} ms, p99 {_n(steady['p99_ms'])} ms; "
-            f"server CPU {_n(steady['server_cpu_ms_per_charge'], 1)} ms/charge; peak RSS "
-            f"{_n(steady['peak_rss_mib_per_worker'])} MiB/worker; machine CPU busy "
-            f"{_n(steady['machine_busy'] * 100)}%; CPU ceiling {_n(steady['cpu_ceiling_per_s'])} charges/s "
-            f"(reached {_n(of_ceiling, 2)}); errors {_n(steady['errors'])} "
-            f"| ≥ 0.85 of the bound unless CPU-bound "
-            f"| {'yes' if met else 'CPU-bound: see the ceiling' if cpu_bound else '**no**'} |"
+            f"| CPU per charge, service vs raw floor (`bench/floor.py`), {CPU_BOUND_CONNECTIONS} connections "
+            f"| service {_n(service['server_cpu_ms_per_charge'], 2)} ms, floor "
+            f"{_n(floor['server_cpu_ms_per_charge'], 2)} ms of server CPU per charge: "
+            f"**{_n(service['cpu_ratio'], 1)}×** the floor "
+            f"| ≤ 3× | {_yes(service['cpu_ratio'] <= 3)} |"
         )
-    if floor:
         rows.append(
-            f"| Framework floor (`GET {scenarios.FLOOR_PATH}`, empty page) "
-            f"| {_n(floor['throughput_per_s'])} req/s; server CPU "
-            f"{_n(floor['server_cpu_ms_per_request'], 1)} ms/request; "
-            f"a charge costs **{_n(floor['charge_cpu_ratio'], 1)}×** the floor "
-            f"| charge ≤ 3× floor | {_yes(floor['charge_cpu_ratio'] <= 3)} |"
+            f"| CPU-bound throughput ({CPU_BOUND_CONNECTIONS} connections, "
+            f"provider {PROVIDER_LATENCY_MS} ms) "
+            f"| service {_n(service['throughput_per_s'])} charges/s, "
+            f"floor {_n(floor['throughput_per_s'])}/s: "
+            f"**{_n(service['throughput_ratio'], 2)}** of the floor's; machine busy "
+            f"{_n(service['machine_busy'] * 100)}% / {_n(floor['machine_busy'] * 100)}%; "
+            f"{_n(service['of_ceiling'], 2)} of the service's CPU ceiling "
+            f"({_n(service['cpu_ceiling_per_s'])}/s); p50 {_n(service['p50_ms'])} ms / "
+            f"{_n(floor['p50_ms'])} ms, p99 {_n(service['p99_ms'])} ms / {_n(floor['p99_ms'])} ms; "
+            f"errors: {service['error_statuses']} / {floor['error_statuses']} "
+            f"| ≥ 0.75 of the floor's, ≥ 0.9 of the ceiling "
+            f"| {_yes(service['throughput_ratio'] >= 0.75 and service['of_ceiling'] >= 0.9)} |"
+        )
+    reads = results.get("reads")
+    if reads:
+        rows.append(
+            f"| Authenticated `GET` of one charge vs `/health/live`, CPU per request "
+            f"| {_n(reads['get_server_cpu_ms_per_request'], 2)} ms vs "
+            f"{_n(reads['live_server_cpu_ms_per_request'], 2)} ms: **{_n(reads['get_live_cpu_ratio'], 1)}×** "
+            f"({_n(reads['get_throughput_per_s'])} and {_n(reads['live_throughput_per_s'])} req/s; errors "
+            f"{_n(reads['get_errors'])} / {_n(reads['live_errors'])}) "
+            f"| ≤ 3× | {_yes(reads['get_live_cpu_ratio'] <= 3)} |"
+        )
+    latency, floor_latency = results.get("latency_bound"), results.get("floor_latency_bound")
+    if latency:
+        context = (
+            f"; the floor: {_n(floor_latency['littles_fraction'], 2)} of the bound, p50 "
+            f"+{_n(floor_latency['p50_over_provider_ms'])} ms"
+            if floor_latency
+            else ""
+        )
+        rows.append(
+            f"| Latency-bound ({LATENCY_BOUND_CONNECTIONS} connections, "
+            f"provider {LATENCY_BOUND_PROVIDER_MS} ms) "
+            f"| {_n(latency['throughput_per_s'])} charges/s = "
+            f"**{_n(latency['littles_fraction'], 2)}** of the "
+            f"Little's-law bound ({_n(latency['bound_per_s'])}/s); p50 {_n(latency['p50_ms'])} ms = "
+            f"**+{_n(latency['p50_over_provider_ms'])} ms** over the provider, "
+            f"p99 {_n(latency['p99_ms'])} ms; "
+            f"errors {_n(latency['errors'])}{context} "
+            f"| ≥ 0.95 of the bound, p50 ≤ +10 ms "
+            f"| {_yes(latency['littles_fraction'] >= 0.95 and latency['p50_over_provider_ms'] <= 10)} |"
+        )
+    for name, label in (("open_loop", "Open loop"), ("open_loop_step", "Open loop, step to 1.5×")):
+        loop = results.get(name)
+        if loop:
+            rows.append(
+                f"| {label} ({_n(loop['rate_per_s'])} charges/s arriving, "
+                f"{OPEN_LOOP_CONNECTIONS} connections) "
+                f"| served {_n(loop['throughput_per_s'])}/s; p50 {_n(loop['p50_ms'])} ms, "
+                f"**p99 {_n(loop['p99_ms'])} ms**, max {_n(loop['max_ms'])} ms; errors {_n(loop['errors'])} "
+                f"(503: {_n(loop['status_503'])}); late sends {_n(loop['late_sends'])} (worst "
+                f"{_n(loop['late_max_ms'])} ms) "
+                f"| reported; no late sends (no coordinated omission) | {_yes(loop['late_sends'] == 0)} |"
+            )
+    if service and floor:
+        rows.append(
+            f"| Statements per charge (MariaDB's `Questions`; pings are `Com_admin_commands`) "
+            f"| service **{_n(service['statements_per_charge'], 1)}** ({service['statements']}) "
+            f"+ {_n(service['pings_per_charge'], 2)} pings; "
+            f"floor **{_n(floor['statements_per_charge'], 1)}** "
+            f"({floor['statements']}) "
+            f"| counted | yes |"
+        )
+        rows.append(
+            f"| Peak RSS per worker "
+            f"| service {_n(service['peak_rss_mib_per_worker'])} MiB, floor "
+            f"{_n(floor['peak_rss_mib_per_worker'])} MiB | reported | yes |"
         )
     small = results.get("small_pool")
     if small:
         rows.append(
-            f"| Small pool (DB_CONNECTION_LIMIT=2 per worker, C={concurrency}) "
-            f"| {_n(small['throughput_per_s'])} charges/s = **{_n(small['steady_ratio'], 2)}** of Steady; "
+            f"| Small pool (DB_CONNECTION_LIMIT=2 per worker, {CPU_BOUND_CONNECTIONS} connections) "
+            f"| {_n(small['throughput_per_s'])} charges/s = "
+            f"**{_n(small['cpu_bound_ratio'], 2)}** of CPU-bound; "
             f"503s: **{_n(small['status_503'])}**; other errors {_n(small['errors'] - small['status_503'])}; "
             f"p99 {_n(small['p99_ms'])} ms "
-            f"| 0 × 503, ≥ 0.90 of Steady "
-            f"| {_yes(small['status_503'] == 0 and small['steady_ratio'] >= 0.9)} |"
+            f"| 0 × 503, ≥ 0.90 of CPU-bound "
+            f"| {_yes(small['status_503'] == 0 and small['cpu_bound_ratio'] >= 0.9)} |"
         )
     hang = results.get("hang")
     if hang:
@@ -140,14 +207,22 @@ def table(results: dict[str, Figures], *, concurrency: int, latency_ms: int) -> 
 
 
 def measurement_notes(results: dict[str, Figures]) -> str:
-    steady = results.get("steady")
-    if not steady:
+    service, floor = results.get("cpu_bound"), results.get("floor_cpu_bound")
+    if not (service and floor):
         return ""
+
+    def beside(figures: Figures) -> str:
+        return (
+            f"MariaDB {_n(figures['database_cpu_ms_per_charge'], 2)} ms, fake provider "
+            f"{_n(figures['provider_cpu_ms_per_charge'], 2)} ms, "
+            f"wrk {_n(figures['client_cpu_ms_per_charge'], 2)} ms"
+        )
+
     return (
-        "CPU per charge in Steady, beside the server's: MariaDB "
-        f"{_n(steady['database_cpu_ms_per_charge'], 2)} ms, fake provider "
-        f"{_n(steady['provider_cpu_ms_per_charge'], 2)} ms, load generator "
-        f"{_n(steady['client_cpu_ms_per_charge'], 2)} ms; all share the same cores."
+        f"CPU per charge in the CPU-bound runs, beside the server's: service: {beside(service)}; "
+        f"floor: {beside(floor)}; all share the same two cores, with whatever else the machine runs. "
+        "Load from wrk (bench/wrk.lua); the scenarios above the small pool run on a MariaDB of the "
+        "benchmark's own, so its counters are theirs alone."
     )
 
 
@@ -199,18 +274,28 @@ def report(
     )
 
 
-SCENARIO_ORDER = ("steady", "small_pool", "killed", "hang", "restart")
+SCENARIO_ORDER = ("floor", "small_pool", "killed", "hang", "restart")
 
 
-def run_once(bench: Bench, only: set[str]) -> dict[str, Figures]:
+@dataclass(frozen=True)
+class Options:
+    quick: bool = False
+    open_rate_per_s: float | None = None
+    profile_dir: Path | None = None
+
+
+def run_once(bench: Bench, only: set[str], options: Options) -> dict[str, Figures]:
     results: dict[str, Figures] = {}
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("steady", lambda: results.update(scenarios.steady_and_floor(bench))),
         (
-            "small_pool",
+            "floor",  # and the small pool, on the same database and against the same CPU-bound run
             lambda: results.update(
-                small_pool=scenarios.small_pool(
-                    bench, results.get("steady", {}).get("throughput_per_s", math.nan)
+                versus_floor(
+                    bench,
+                    quick=options.quick,
+                    small_pool="small_pool" in only,
+                    open_rate_per_s=options.open_rate_per_s,
+                    profile_dir=options.profile_dir,
                 )
             ),
         ),
@@ -239,10 +324,31 @@ def main(argv: list[str] | None = None) -> None:
         help=f"Comma-separated subset of {', '.join(SCENARIO_ORDER)}.",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.md")
+    parser.add_argument(
+        "--open-rate",
+        type=float,
+        help="The open loop's arrival rate in charges/s (default: 0.6 of the service's CPU-bound "
+        "throughput in the same run); its step is 1.5 times it.",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"Also record both service workers with py-spy under a further CPU-bound load: "
+        f"bench/results/{profile.FLAME_GRAPH} and {profile.ATTRIBUTION} (the last run's).",
+    )
     args = parser.parse_args(argv)
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     if unknown := only - set(SCENARIO_ORDER):
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if "small_pool" in only and "floor" not in only:
+        parser.error("small_pool runs within floor (it is compared with floor's CPU-bound run): add floor")
+    if not wrk.available():
+        parser.error("make bench needs wrk: apt-get install wrk (scripts/bootstrap.sh --dev installs it)")
+    options = Options(
+        quick=args.quick,
+        open_rate_per_s=args.open_rate,
+        profile_dir=args.output.parent if args.profile else None,
+    )
     runs = args.runs or (1 if args.quick else 3)
     command = (
         "make bench" + (" QUICK=1" if args.quick else "")
@@ -285,10 +391,10 @@ def main(argv: list[str] | None = None) -> None:
                 run_id=uuid.uuid4().hex[:8],
                 concurrency=CONCURRENCY,
             )
-            all_runs.append(run_once(bench, only))
+            all_runs.append(run_once(bench, only, options))
 
     medians = {name: median_figures([run[name] for run in all_runs]) for name in all_runs[0]}
-    table_md = table(medians, concurrency=CONCURRENCY, latency_ms=PROVIDER_LATENCY_MS)
+    table_md = table(medians)
     text = report(
         table_md=table_md,
         notes=measurement_notes(medians),

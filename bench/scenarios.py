@@ -1,14 +1,13 @@
 """The benchmark's scenarios. Each one runs against its own gunicorn and returns its figures.
 
 Figures are plain numbers keyed by name; bench/run.py takes their medians over runs
-and renders the table. Ratios (to the Little's-law bound, to the framework floor, to
-Steady) are computed within one run, where the machine's speed is the same for both.
+and renders the table. The service against the raw floor is bench/versus_floor.py; the
+drills here use bench/load.py's clients, which tag every request to check it afterwards.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections import Counter
@@ -21,36 +20,31 @@ from bench.infra import (
     Gunicorn,
     PrivateMariaDB,
     cpu_seconds,
-    listening_pid,
     machine_busy_seconds,
     manage,
-    peak_rss_mib,
     query,
     reconcile,
     service_env,
 )
-from bench.load import Connection, LoadResult, Request, Sample, percentile, poll, run_load
+from bench.load import Connection, Request, Sample, percentile, poll, run_load
 
 Figures = dict[str, float | str]  # numbers get medians over runs; text is shown as seen
 
 CHARGES_PATH = "/api/v1/charges"
-FLOOR_PATH = "/api/v1/charges?status=canceled"  # authenticated DRF, one indexed query, empty page
 WARM_UP_S = 2.0
 HEALTH_POLL_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
 class Durations:
-    steady_s: float
-    floor_s: float
     hang_s: float
     restart_load_s: float
 
     @classmethod
     def for_mode(cls, *, quick: bool) -> Durations:
         if quick:
-            return cls(steady_s=6, floor_s=4, hang_s=15, restart_load_s=8)
-        return cls(steady_s=20, floor_s=10, hang_s=25, restart_load_s=12)
+            return cls(hang_s=15, restart_load_s=8)
+        return cls(hang_s=25, restart_load_s=12)
 
 
 @dataclass
@@ -146,92 +140,6 @@ class CpuMeter:
         busy1, total1 = machine_busy_seconds()
         busy0, total0 = self._machine0
         self.machine_busy_fraction = (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
-
-
-def _latencies_ms(result: LoadResult, *statuses: int) -> list[float]:
-    return [s.latency_s * 1000 for s in result.with_status(*statuses)]
-
-
-def _rss_per_worker_mib(server: Gunicorn) -> float:
-    return max((peak_rss_mib(pid) for pid in server.worker_pids()), default=0.0)
-
-
-def steady_and_floor(bench: Bench) -> dict[str, Figures]:
-    """Charges at concurrency C against a 100 ms provider; then the framework floor on the same server."""
-    with bench.gunicorn("steady") as server:
-        bench.warm_up(server)
-        database_pid = listening_pid(bench.database_port)
-        with CpuMeter(server, bench.provider, database_pid) as cpu:
-            charges = run_load(
-                base_url=server.url,
-                make_request=bench.charges("steady"),
-                concurrency=bench.concurrency,
-                max_requests=bench.max_charges(bench.durations.steady_s),
-                max_duration_s=bench.durations.steady_s,
-            )
-        floor_request = Request("GET", FLOOR_PATH, headers=bench.auth())
-        with CpuMeter(server, bench.provider, database_pid) as floor_cpu:
-            floor = run_load(
-                base_url=server.url,
-                make_request=lambda number: floor_request,
-                concurrency=bench.concurrency,
-                max_requests=int(bench.durations.floor_s * 5000),
-                max_duration_s=bench.durations.floor_s,
-            )
-        rss_mib = _rss_per_worker_mib(server)
-    charge_count = len(charges.samples)
-    throughput = charges.throughput(201)
-    cpu_ms_per_charge = cpu.server_s * 1000 / charge_count
-    total_cpu_s = cpu.server_s + cpu.database_s + cpu.provider_s + charges.client_cpu_s
-    total_cpu_ms_per_charge = total_cpu_s * 1000 / charge_count
-    floor_cpu_ms = floor_cpu.server_s * 1000 / len(floor.samples)
-    return {
-        "steady": {
-            "throughput_per_s": throughput,
-            "littles_fraction": throughput / bench.littles_bound_per_s,
-            "p50_ms": percentile(_latencies_ms(charges, 201), 0.50),
-            "p99_ms": percentile(_latencies_ms(charges, 201), 0.99),
-            "errors": len(charges.samples) - len(charges.with_status(201)),
-            "server_cpu_ms_per_charge": cpu_ms_per_charge,
-            "provider_cpu_ms_per_charge": cpu.provider_s * 1000 / charge_count,
-            "database_cpu_ms_per_charge": cpu.database_s * 1000 / charge_count,
-            "client_cpu_ms_per_charge": charges.client_cpu_s * 1000 / charge_count,
-            "machine_busy": cpu.machine_busy_fraction,
-            # What the cores could do if every charge cost what it costs here (server, MariaDB,
-            # provider and generator all run on them): the bound when it is below C / latency.
-            "cpu_ceiling_per_s": os.cpu_count() * 1000 / total_cpu_ms_per_charge,
-            "peak_rss_mib_per_worker": rss_mib,
-        },
-        "floor": {
-            "throughput_per_s": floor.throughput(200),
-            "errors": len(floor.samples) - len(floor.with_status(200)),
-            "server_cpu_ms_per_request": floor_cpu_ms,
-            "charge_cpu_ratio": cpu_ms_per_charge / floor_cpu_ms,
-            "p50_ms": percentile(_latencies_ms(floor, 200), 0.50),
-            "machine_busy": floor_cpu.machine_busy_fraction,
-        },
-    }
-
-
-def small_pool(bench: Bench, steady_throughput_per_s: float) -> Figures:
-    """Two connections per worker for 32 threads: enough only if none is held across the provider call."""
-    with bench.gunicorn("small-pool", bench.env(DB_CONNECTION_LIMIT="2", DB_MAX_OVERFLOW="0")) as server:
-        bench.warm_up(server)
-        charges = run_load(
-            base_url=server.url,
-            make_request=bench.charges("small-pool"),
-            concurrency=bench.concurrency,
-            max_requests=bench.max_charges(bench.durations.steady_s),
-            max_duration_s=bench.durations.steady_s,
-        )
-    throughput = charges.throughput(201)
-    return {
-        "throughput_per_s": throughput,
-        "steady_ratio": throughput / steady_throughput_per_s,
-        "status_503": len(charges.with_status(503)),
-        "errors": len(charges.samples) - len(charges.with_status(201)),
-        "p99_ms": percentile(_latencies_ms(charges, 201), 0.99),
-    }
 
 
 def provider_hang(bench: Bench) -> Figures:
