@@ -218,6 +218,9 @@ PAYMENT_BREAKER_RESET_S = config.int("PAYMENT_BREAKER_RESET_S", 30, minimum=1, m
 # Charges one process may have waiting on the provider at once; more get 503 provider_busy.
 # Keep it below the threads of a gunicorn worker, so /health/ always finds a free thread.
 PAYMENT_MAX_CONCURRENT_CALLS = config.int("PAYMENT_MAX_CONCURRENT_CALLS", 24, minimum=1, maximum=1000)
+# How long a call that finds every slot taken waits for one before 503 provider_busy (a spike,
+# not a hanging provider: the breaker refuses those at once).
+PAYMENT_SLOT_WAIT_MS = config.int("PAYMENT_SLOT_WAIT_MS", 200, minimum=0, maximum=5000)
 # Shows the fake provider's test cards on the payment page (set by `make run`).
 PAYMENT_FAKE_PROVIDER = config.bool("PAYMENT_FAKE_PROVIDER", False)
 # The provider's events (POST /webhooks/provider): the Standard Webhooks secrets they are signed

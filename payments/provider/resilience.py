@@ -168,11 +168,25 @@ class Resilience:
         self.breaker.check()
 
     @contextlib.contextmanager
-    def call_slot(self) -> Iterator[None]:
-        """Hold one of the bulkhead's slots; CircuitOpen or ProviderBusy at once, holding nothing."""
+    def call_slot(
+        self, *, wait_s: float = 0.0, before_waiting: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        """Hold one of the bulkhead's slots. CircuitOpen at once; with every slot taken, wait up
+        to `wait_s` for one (calling `before_waiting` first: the caller gives back what it must
+        not hold while it waits, its database connection), then ProviderBusy, holding nothing."""
         self.admit()
         if not self._slots.acquire(blocking=False):
-            raise ProviderBusy()
+            if wait_s <= 0:
+                raise ProviderBusy()
+            if before_waiting is not None:
+                before_waiting()
+            if not self._slots.acquire(timeout=wait_s):
+                raise ProviderBusy()
+            try:
+                self.admit()  # the breaker may have opened while this call waited
+            except CircuitOpen:
+                self._slots.release()
+                raise
         try:
             yield
         finally:

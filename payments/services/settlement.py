@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
@@ -60,11 +61,15 @@ def provider_call_slot(refused: type[PaymentError] = ProviderUnavailable) -> Ite
     the error to raise, a charge's or a refund's).
 
     Either the breaker is open, or this process already has
-    PAYMENT_MAX_CONCURRENT_CALLS requests waiting on the provider: a hanging
-    provider must not take every thread, or /health/ and the admin stop answering.
+    PAYMENT_MAX_CONCURRENT_CALLS requests waiting on the provider (for PAYMENT_SLOT_WAIT_MS,
+    with no database connection held, a spike waits for a slot to free): a hanging provider
+    must not take every thread, or /health/ and the admin stop answering.
     """
     try:
-        with provider.get_client().resilience.call_slot():
+        slot = provider.get_client().resilience.call_slot(
+            wait_s=settings.PAYMENT_SLOT_WAIT_MS / 1000, before_waiting=release_db_connection
+        )
+        with slot:
             yield
     except provider.CircuitOpen as exc:
         raise refused(code="circuit_open", retry_after_s=exc.retry_after_s) from exc

@@ -433,3 +433,43 @@ def test_an_open_breaker_refuses_a_slot_before_taking_one(clock: FakeClock) -> N
     clock.advance(10)
     with resilience.call_slot():  # the one slot was never taken by the refusal
         resilience.admit()
+
+
+def test_a_call_that_finds_every_slot_taken_waits_for_one_to_free_giving_back_what_it_holds(
+    clock: FakeClock,
+) -> None:
+    import threading
+
+    resilience = fresh_resilience(clock, slots=1)
+    gave_back: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_slot() -> None:
+        with resilience.call_slot():
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_slot)
+    holder.start()
+    holding.wait(10)
+    threading.Timer(0.05, release.set).start()
+
+    with resilience.call_slot(wait_s=10, before_waiting=lambda: gave_back.append("connection")):
+        assert gave_back == ["connection"], "it gave its connection back before it waited"
+    holder.join(10)
+
+
+def test_a_wait_that_ends_without_a_slot_is_busy_and_an_immediate_slot_gives_nothing_back(
+    clock: FakeClock,
+) -> None:
+    resilience = fresh_resilience(clock, slots=1)
+    gave_back: list[str] = []
+
+    with resilience.call_slot(wait_s=10, before_waiting=lambda: gave_back.append("x")):
+        assert gave_back == [], "a free slot: nothing to give back, no wait"
+        with pytest.raises(ProviderBusy), resilience.call_slot(wait_s=0.01):
+            pass
+        with pytest.raises(ProviderBusy), resilience.call_slot():
+            pass  # wait_s 0: at once, as before
+    with resilience.call_slot():
+        pass  # the slot is free again
