@@ -1,4 +1,4 @@
-"""Named points in the charge path where tests inject faults.
+"""Named points in the charge and refund paths where tests inject faults.
 
 The model-based test (tests/payments/test_model.py) arms a point to make the database fail
 during settle, or to stop a request between the provider call and settle as a killed
@@ -22,6 +22,11 @@ POINTS = frozenset(
         "charge.before_call",  # the row is committed; the provider has not been called
         "charge.after_call",  # the provider answered; nothing recorded yet
         "settle",  # inside settle's transaction, before anything is written
+        # The refund path's: the same moments of a refund (payments.services.refunds).
+        "refund.before_insert",
+        "refund.before_call",
+        "refund.after_call",
+        "refund.settle",
     }
 )
 

@@ -102,6 +102,7 @@ def refund_create(
         if existing is not None:
             return _resume(existing, fingerprint, by=by)
     with provider_call_slot(RefundUnavailable):
+        failpoints.hit("refund.before_insert")
         refund = _insert_pending(
             charge_id=charge_id,
             client=client,
