@@ -19,6 +19,26 @@ passed, reconcile_payments run with the provider healthy), it checks:
 - I6 two different keys (even differing only in case) are two payments;
 - I7 at quiescence no row's state contradicts the provider (a success only where it charged).
 
+Refunds are driven beside charges: full, partial (several per charge), more than is left,
+with and without keys (same-key retries, keys differing in case), by the API client and by
+support (`by=Actor.SUPPORT`), three at once with one key or with three keys, racing a
+reconcile_refunds, and support canceling refunds not made; with the charges' faults on the
+refund call (held, in flight, dropped after or before, 5xx, 429, 409, garbage, trickled,
+proxy 404, redirect, seen by lookups only later, crashes before and after the call, database
+errors during settle) and the refund's own (refund_pending, refund_failed, other_refund), on
+its lookups too, paused reconciles and skewed clocks. It checks:
+
+- I8 at quiescence (the window passed, the fake's pending refunds settled, reconcile_refunds
+  run) the provider's refund ledger and the database agree: every provider refund is one
+  Refund row's (none made twice, none without a row), each refund made is a succeeded row with
+  its id (none lost), each succeeded row is a refund the provider made (none recorded that it
+  did not make), and no refund stays pending or unknown;
+- I9 at every step, per charge, neither the provider's refunds (succeeded and pending) nor the
+  database's succeeded refunds exceed the charge, nor its succeeded, pending and unknown ones;
+- I10 no refund answer said "not refunded" (402 refund_failed, 502 refund_not_sent, 503, 409
+  not refundable or canceled, 422 too large) for a refund the provider made through that try,
+  and none of them left a row behind when it named no refund.
+
 Faults of the process and of time too: a reconcile paused past its claim's window while
 another process takes the row over (it must write nothing but facts), and reconcile runs on a
 host whose clock is 10 s ahead or behind the database's.
@@ -47,6 +67,7 @@ import requests
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import OperationalError, connection
+from django.db.models import Q, Sum
 from django.utils import timezone
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
@@ -60,7 +81,9 @@ from hypothesis.stateful import (
 
 from fakeprovider import FakeProvider
 from payments import failpoints, provider
-from payments.models import PaymentAttempt, Transaction
+from payments.errors import PaymentError
+from payments.models import PaymentAttempt, Refund, Transaction
+from payments.transitions import Actor
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -101,6 +124,68 @@ LOOKUP_FAULTS = [
     {"kind": "other_charge", "variant": "all", "on": "lookup"},
 ]
 SERVICE_FAULTS = [None, "db_before_insert", "db_settle", "crash_before_call", "crash_after_call"]
+# Refunds: keys that differ only in case are two refunds; amounts all that is left (None), a
+# part, the whole charge, more than it.
+REFUND_KEYS = ["refund-Ab", "refund-aB", None]
+REFUND_AMOUNTS = [None, 500, 1000, 1999, 2000]
+REFUND_FAULTS = [
+    None,
+    {"kind": "hold", "ms": 400},  # refunded, answer after our read timeout
+    {"kind": "slow", "ms": 400},  # still processing: our retries get 409, lookups 404
+    {"kind": "drop_after"},  # refunded (or refused), connection dropped
+    {"kind": "drop_before"},  # not processed, connection dropped
+    {"kind": "status", "status": 503},
+    {"kind": "status", "status": 500},
+    {"kind": "status", "status": 429, "retry_after": 0},
+    {"kind": "status", "status": 409},
+    {"kind": "garbage", "variant": "long_id"},
+    {"kind": "garbage", "variant": "deep_json"},
+    {"kind": "garbage", "variant": "bad_status"},
+    {"kind": "trickle", "ms": 40},
+    {"kind": "proxy_404"},
+    {"kind": "redirect"},
+    {"kind": "delayed_commit", "ms": 300},  # lookups see the refund only 300 ms after it was made
+    {"kind": "other_refund", "variant": "amount"},  # refunded, but the answer is for 1 unit
+    {"kind": "other_refund", "variant": "charge"},  # refunded, but the answer is another charge's
+    {"kind": "refund_pending", "ms": 0},  # pending, settled at once
+    {"kind": "refund_pending", "ms": 200},  # held by the provider, succeeds 200 ms later
+    {"kind": "refund_pending", "ms": 60_000, "variant": "failed"},  # held; fails (at quiescence)
+    {"kind": "refund_failed"},  # the provider refuses it: failed, final
+]
+REFUND_LOOKUP_FAULTS = [
+    None,
+    {"kind": "status", "status": 503},
+    {"kind": "hold", "ms": 400},
+    {"kind": "drop_before"},
+    {"kind": "garbage", "variant": "bad_status"},
+    {"kind": "proxy_404"},
+    {"kind": "redirect"},
+    {"kind": "trickle", "ms": 40},
+    {"kind": "other_refund", "variant": "all"},
+]
+# A refund in flight while reconcile_refunds runs: its answer late, lost, a 5xx, or held.
+RACING_FAULTS = [
+    {"kind": "slow", "ms": 250},
+    {"kind": "hold", "ms": 250},
+    {"kind": "drop_after"},
+    {"kind": "status", "status": 500},
+    {"kind": "refund_pending", "ms": 200},
+]
+REFUND_SERVICE_FAULTS = [None, "db_before_insert", "db_settle", "crash_before_call", "crash_after_call"]
+# The answers that say "not refunded": refund_failed (402), refund_not_sent (502), nothing kept
+# (503: refund_unavailable, database_busy), too large (422); on 409, not refundable and canceled.
+NOT_REFUNDED_STATUSES = {402, 422, 502, 503}
+NOT_REFUNDED_409_TYPES = {"invalid_request", "refund_canceled"}
+NOT_REFUNDED_NAMES = {
+    "refund_failed",
+    "refund_not_sent",
+    "refund_unavailable",
+    "not_refundable",
+    "refund_too_large",
+    "refund_canceled",
+    "database_busy",
+    "database_unavailable",
+}
 
 
 @dataclass
@@ -136,6 +221,23 @@ class Report:
 REPORT = Report()
 
 
+@dataclass
+class RefundAnswer:
+    """One refund request's answer: by the API (an HTTP status and body) or by the service
+    (support: the refund, or the PaymentError's answer name)."""
+
+    key: str | None
+    http_status: int | None  # None: the connection dropped, or the request was stopped
+    name: str  # the answer: "ok" (201/202), "dropped", or the error's type/code or answer name
+    not_refunded: bool
+    # The refund the answer names, as it named it: (id, attempts).
+    refund: tuple[str, int] | None
+    # The key's refund row just after the answer (a keyed request), as (id, attempts).
+    key_row: tuple[str, int] | None = None
+    # Rows written by this request; None: unknown (concurrent requests).
+    new_rows: set[str] | None = None
+
+
 def _raise_db_error() -> None:
     raise OperationalError("injected: database connection lost")
 
@@ -152,11 +254,15 @@ class PaymentsMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         PaymentAttempt.objects.all().delete()
+        Refund.objects.all().delete()
         Transaction.objects.all().delete()
         self.provider.reset()
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Token {self.token}"
         self.answers: list[Answer] = []
+        self.refund_answers: list[RefundAnswer] = []
+        # A refund key's first request, (charge id, amount): what a same-key retry sends again.
+        self.refund_requests: dict[str, tuple[str, int | None]] = {}
         self.crashing = False
         REPORT.runs += 1
 
@@ -271,14 +377,21 @@ class PaymentsMachine(RuleBasedStateMachine):
 
             services.charge_retry(transaction_id=txn_id, actor="support")
 
-    @rule(data=st.data(), takeover=st.sampled_from(["client", "reconcile"]))
-    def paused_reconcile(self, data: st.DataObject, takeover: str) -> None:
+    @rule(
+        data=st.data(),
+        takeover=st.sampled_from(["client", "reconcile"]),
+        what=st.sampled_from(["charge", "refund"]),
+    )
+    def paused_reconcile(self, data: st.DataObject, takeover: str, what: str) -> None:
         """A reconcile claims a row and freezes (a paused VM, a long GC pause) past the window;
-        another process takes the row over; the frozen one resumes with what it saw before."""
+        another process takes the row over; the frozen one resumes with what it saw before.
+        (One rule for charges and refunds: each pause costs the window.)"""
         from payments.services import claims, support
-        from payments.transitions import Actor
 
         REPORT.steps += 1
+        if what == "refund":
+            self._paused_refund_reconcile(data, takeover)
+            return
         REPORT.faults[f"pause:{takeover}"] += 1
         if not Transaction.objects.filter(status="unknown").exists():
             # A charge whose answer comes after our read timeout leaves one unknown.
@@ -324,6 +437,252 @@ class PaymentsMachine(RuleBasedStateMachine):
         real_now = timezone.now
         with mock.patch("django.utils.timezone.now", lambda: real_now() + timedelta(seconds=skew_s)):
             _run_command("reconcile_payments")
+            _run_command("reconcile_refunds")
+
+    # Refund steps ------------------------------------------------------------------
+
+    def _charge_to_refund(self, data: st.DataObject, which: str) -> str | None:
+        """A succeeded charge (one is made if there is none), or with `which` "any" any charge
+        (refunding one not succeeded is refused)."""
+        rows = Transaction.objects.all()
+        if which == "succeeded":
+            rows = rows.filter(status=Transaction.Status.SUCCEEDED)
+            if not rows.exists():
+                self.charge(None, "tok_visa", [], None)
+        ids = sorted(str(pk) for pk in rows.values_list("pk", flat=True))
+        return data.draw(st.sampled_from(ids)) if ids else None
+
+    def _refund_rows(self, key: str | None) -> set[str]:
+        rows = Refund.objects.all() if key is None else Refund.objects.filter(idempotency_key=key)
+        return {str(pk) for pk in rows.values_list("pk", flat=True)}
+
+    def _key_row(self, key: str | None) -> tuple[str, int] | None:
+        row = (
+            Refund.objects.filter(idempotency_key=key).values_list("pk", "attempts").first() if key else None
+        )
+        return (str(row[0]), row[1]) if row else None
+
+    def _refund_over_http(self, charge_id: str, key: str | None, amount: int | None) -> RefundAnswer:
+        body: dict[str, Any] = {"reason": "requested_by_customer", "note": "model"}
+        if amount is not None:
+            body["amount"] = amount
+        status, answer = self._post(f"/api/v1/charges/{charge_id}/refunds", key=key, json=body)
+        error = answer.get("error") if isinstance(answer.get("error"), dict) else None
+        named = answer.get("refund") if error else answer
+        refund = (str(named["id"]), int(named["attempts"])) if named else None
+        if status is None:
+            name, not_refunded = "dropped", False
+        elif error is None:
+            name, not_refunded = "ok", False
+        else:
+            name = f"{error['type']}/{error['code']}"
+            not_refunded = status in NOT_REFUNDED_STATUSES or (
+                status == 409 and error["type"] in NOT_REFUNDED_409_TYPES
+            )
+        return RefundAnswer(key, status, name, not_refunded, refund)
+
+    def _refund_by_support(self, charge_id: str, amount: int | None) -> RefundAnswer:
+        """Support's refund (the admin's Refund…): the service with by=Actor.SUPPORT, no key."""
+        from payments import services
+
+        client = Transaction.objects.get(pk=charge_id).client
+        request = services.RefundRequest(reason="requested_by_customer", amount=amount, note="model")
+        refund: Refund | None
+        try:
+            refund = services.refund_create(
+                charge_id=charge_id,
+                client=client,
+                request=request,
+                idempotency_key=None,
+                by=Actor.SUPPORT,
+                requested_by="support model",
+            ).refund
+            name = "ok"
+        except PaymentError as error:
+            refund, name = error.refund, error.answer_name
+        except OperationalError:  # the API answers it 503 database_unavailable: nothing kept
+            refund, name = None, "database_unavailable"
+        except failpoints.SimulatedCrash:
+            refund, name = None, "dropped"
+        finally:
+            connection.close()
+        named = (str(refund.pk), refund.attempts) if refund is not None and refund.pk else None
+        return RefundAnswer(None, None, name, name in NOT_REFUNDED_NAMES, named)
+
+    @rule(
+        data=st.data(),
+        which=st.sampled_from(["succeeded", "succeeded", "succeeded", "any"]),
+        by=st.sampled_from(["client", "client", "support"]),
+        key=st.sampled_from(REFUND_KEYS),
+        amount=st.sampled_from(REFUND_AMOUNTS),
+        provider_faults=st.lists(st.sampled_from(REFUND_FAULTS), max_size=3),
+        service_fault=st.sampled_from(REFUND_SERVICE_FAULTS),
+    )
+    def refund(
+        self,
+        data: st.DataObject,
+        which: str,
+        by: str,
+        key: str | None,
+        amount: int | None,
+        provider_faults: list,
+        service_fault: str | None,
+    ) -> None:
+        """A refund, full or partial, by the API client (with or without a key; a used key
+        retries its first request as it was) or by support."""
+        REPORT.steps += 1
+        if by == "client" and key in self.refund_requests:
+            charge_id, amount = self.refund_requests[key]
+        else:
+            charge_id = self._charge_to_refund(data, which)
+        if charge_id is None:
+            return
+        faults = [{**fault, "on": "refund"} for fault in provider_faults if fault]
+        self.provider.inject_many(faults)
+        REPORT.faults.update(
+            f"refund:{f['kind']}:{f.get('status') or f.get('variant') or ''}" for f in faults
+        )
+        point, action = {
+            "db_before_insert": ("refund.before_insert", _raise_db_error),
+            "db_settle": ("refund.settle", _raise_db_error),
+            "crash_before_call": ("refund.before_call", failpoints.once(_crash)),
+            "crash_after_call": ("refund.after_call", failpoints.once(_crash)),
+        }.get(service_fault or "", (None, None))
+        if service_fault:
+            REPORT.faults[f"refund:{service_fault}"] += 1
+        key = key if by == "client" else None
+        before = self._refund_rows(key)
+        with contextlib.ExitStack() as stack:
+            if point:
+                stack.enter_context(failpoints.armed(point, action))
+                self.crashing = service_fault.startswith("crash")
+            if by == "client":
+                recorded = self._refund_over_http(charge_id, key, amount)
+            else:
+                recorded = self._refund_by_support(charge_id, amount)
+            self.crashing = False
+        self.provider.clear_faults()
+        recorded.new_rows = self._refund_rows(key) - before
+        recorded.key_row = self._key_row(key)
+        if key and recorded.key_row:
+            self.refund_requests.setdefault(key, (charge_id, amount))
+        self._record_refund_answer(recorded, by=by)
+
+    @rule(
+        data=st.data(),
+        key=st.sampled_from([k for k in REFUND_KEYS if k] + [None]),
+        racing=st.sampled_from([None, None, *RACING_FAULTS]),
+    )
+    def concurrent_refunds(self, data: st.DataObject, key: str | None, racing: dict | None) -> None:
+        """Three refunds of one charge at once: with one key (one refund, the others in flight
+        or replayed), or with no key, 800 each (three are more than the charge: at most two).
+        Or (`racing`) one refund in flight, its answer late, lost or a 5xx, while
+        reconcile_refunds runs again and again. (One rule: each costs a refund call's time.)"""
+        REPORT.steps += 1
+        if racing is None and key in self.refund_requests:
+            charge_id, amount = self.refund_requests[key]
+        else:
+            charge_id, amount = self._charge_to_refund(data, "succeeded"), 800 if racing is None else 300
+        if charge_id is None:
+            return
+        results: list[RefundAnswer] = []
+        if racing is None:
+            REPORT.faults["refund:concurrent:" + ("same_key" if key else "three_keys")] += 1
+            self.provider.inject({"kind": "slow", "ms": 100, "on": "refund"})
+            threads = [
+                threading.Thread(
+                    target=lambda: results.append(self._refund_over_http(charge_id, key, amount))
+                )
+                for _ in range(3)
+            ]
+        else:
+            REPORT.faults[f"refund:racing_reconcile:{racing['kind']}"] += 1
+            self.provider.inject_many([{**racing, "on": "refund"}, {"kind": "drop_after", "on": "refund"}])
+            threads = [
+                threading.Thread(
+                    target=lambda: results.append(self._refund_over_http(charge_id, None, amount))
+                )
+            ]
+        for thread in threads:
+            thread.start()
+        if racing is not None:
+            _run_command("reconcile_refunds")
+            while threads[0].is_alive():  # reconcile_refunds again and again while the refund is in flight
+                time.sleep(0.05)
+                _run_command("reconcile_refunds")
+        for thread in threads:
+            thread.join()
+        self.provider.clear_faults()
+        if racing is None and key and self._key_row(key):
+            self.refund_requests.setdefault(key, (charge_id, amount))
+        for recorded in results:
+            self._record_refund_answer(recorded, by="client")
+
+    @rule(lookup_fault=st.sampled_from(REFUND_LOOKUP_FAULTS))
+    def reconcile_refunds(self, lookup_fault: dict | None) -> None:
+        REPORT.steps += 1
+        if lookup_fault:
+            self.provider.inject({**lookup_fault, "on": "refund_lookup"})
+            REPORT.faults[f"refund_lookup:{lookup_fault['kind']}"] += 1
+        _run_command("reconcile_refunds")
+        self.provider.clear_faults()
+
+    @precondition(lambda self: Refund.objects.exists())
+    @rule(data=st.data())
+    def support_cancels_a_refund(self, data: st.DataObject) -> None:
+        """Support gives up on a refund (only one known not made may be)."""
+        from payments import services
+
+        REPORT.steps += 1
+        ids = sorted(str(pk) for pk in Refund.objects.values_list("pk", flat=True))
+        with contextlib.suppress(PaymentError):
+            services.refund_cancel(refund_id=data.draw(st.sampled_from(ids)), actor="support model")
+
+    def _paused_refund_reconcile(self, data: st.DataObject, takeover: str) -> None:
+        """A refund's reconcile looks it up and freezes past its claim's window; another process
+        takes the refund over; the frozen one resumes and settles what it saw before. The pause
+        is its claim aged past the window by the database's clock, which is all a pause that
+        long leaves behind (the refund call's own start is left as it was)."""
+        from payments import services
+
+        REPORT.faults[f"refund:pause:{takeover}"] += 1
+        if not Refund.objects.filter(status=Refund.Status.UNKNOWN).exists():
+            # Every answer lost: the refund is unknown.
+            drops = [{"kind": "drop_after"}] * 3
+            self.refund(
+                data, "succeeded", "client", data.draw(st.sampled_from(REFUND_KEYS)), 100, drops, None
+            )
+        unknown = Refund.objects.filter(status=Refund.Status.UNKNOWN)
+        ids = sorted(str(pk) for pk in unknown.values_list("pk", flat=True))
+        if not ids:
+            return
+        row = Refund.objects.get(pk=data.draw(st.sampled_from(ids)))
+        client = provider.get_client()
+        real_lookup = client.refund_lookup
+        me, paused = threading.get_ident(), []
+
+        def lookup_then_freeze(**kwargs: Any) -> provider.ProviderResult:
+            result = real_lookup(**kwargs)
+            if threading.get_ident() == me and not paused:
+                paused.append(result)
+                frozen_since = timezone.now() - timedelta(seconds=RECONCILE_AFTER_S + 0.3)
+                Refund.objects.filter(pk=row.pk).update(claimed_at=frozen_since)  # its claim expired
+                self._take_refund_over(row, takeover)
+            return result
+
+        with mock.patch.object(client, "refund_lookup", lookup_then_freeze):
+            services.refund_reconcile(refund_id=row.pk, actor="paused reconcile")
+        connection.close()
+
+    def _take_refund_over(self, row: Refund, takeover: str) -> None:
+        key = row.idempotency_key
+        if takeover == "client" and key in self.refund_requests:
+            charge_id, amount = self.refund_requests[key]
+            recorded = self._refund_over_http(charge_id, key, amount)
+            recorded.key_row = self._key_row(key)
+            self._record_refund_answer(recorded, by="client")
+        else:
+            _run_command("reconcile_refunds")
 
     # Invariants ---------------------------------------------------------------------
 
@@ -349,6 +708,42 @@ class PaymentsMachine(RuleBasedStateMachine):
         for txn in rows.values():
             if txn.idempotency_key:
                 assert Transaction.objects.filter(idempotency_key=txn.idempotency_key).count() == 1
+
+    def _record_refund_answer(self, answer: RefundAnswer, *, by: str) -> None:
+        """I10 at answer time: a "not refunded" answer that names no refund wrote none; a 201
+        is a refund the provider made."""
+        self.refund_answers.append(answer)
+        REPORT.answers[f"refund {by} {answer.http_status or ''} {answer.name}".replace("  ", " ")] += 1
+        if answer.not_refunded and answer.refund is None and answer.new_rows:
+            raise AssertionError(
+                f"I10: {answer.name} kept nothing, yet refunds {answer.new_rows} were written"
+            )
+        if answer.http_status == 201 and answer.refund:
+            key = Refund.objects.get(pk=answer.refund[0]).provider_idempotency_key
+            made = _refunds_made(self.provider).get(key)
+            assert made and made["status"] == "succeeded", (
+                f"I8: answered 201 for {answer.refund[0]}, not made"
+            )
+
+    @invariant()
+    def refunded_never_exceeds_charged(self) -> None:
+        """I9: per charge, what the provider refunded and what the database counts never exceed it."""
+        charged = {key: charge["amount"] for key, charge in self.provider.ledger().items()}
+        for charge_key, refunds in self.provider.refund_ledger().items():
+            made = sum(r["amount"] for r in refunds.values() if r["status"] in ("succeeded", "pending"))
+            assert made <= charged.get(charge_key, 0), f"I9: the provider refunded {made} of {charge_key}"
+        amounts = dict(Transaction.objects.values_list("pk", "amount"))
+        totals = (
+            Refund.objects.values("transaction_id")
+            .annotate(
+                succeeded=Sum("amount", filter=Q(status=Refund.Status.SUCCEEDED)),
+                counted=Sum("amount", filter=Q(status__in=Refund.COUNTED_STATUSES)),
+            )
+            .values_list("transaction_id", "succeeded", "counted")
+        )
+        for txn_id, succeeded, counted in totals:
+            assert (succeeded or 0) <= amounts[txn_id], f"I9: {succeeded} refunded of {txn_id}"
+            assert (counted or 0) <= amounts[txn_id], f"I9: {counted} succeeded, pending, unknown of {txn_id}"
 
     def teardown(self) -> None:
         try:
@@ -391,6 +786,65 @@ class PaymentsMachine(RuleBasedStateMachine):
             row = answer.txn
             if answer.key and row and row.get("id") in rows:
                 assert rows[row["id"]].idempotency_key == answer.key, f"I6: {answer.key!r} shared a payment"
+        # Refunds: the fake's held refunds settled, reconcile_refunds run (the window passed above).
+        for refunds in self.provider.refund_ledger().values():
+            for refund_key, made in refunds.items():
+                if made["status"] == "pending":
+                    self.provider.settle_refund(refund_key)
+        _run_command("reconcile_refunds")
+        self._check_refunds_agree()
+
+    def _check_refunds_agree(self) -> None:
+        """I8 and I10 at quiescence."""
+        made_by_key = {
+            key: (charge_key, made)
+            for charge_key, refunds in self.provider.refund_ledger().items()
+            for key, made in refunds.items()
+        }
+        rows = {r.provider_idempotency_key: r for r in Refund.objects.select_related("transaction")}
+        stuck = [(str(r.pk), r.status) for r in rows.values() if r.status in ("pending", "unknown")]
+        assert not stuck, f"I8: refunds still pending or unknown after reconcile_refunds: {stuck}"
+        for key, (charge_key, made) in made_by_key.items():
+            row = rows.get(key)
+            assert row is not None, f"I8: the provider made refund {made['id']}, which no Refund row holds"
+            assert (row.transaction.provider_idempotency_key, row.amount) == (charge_key, made["amount"]), (
+                f"I8: refund {row.pk} is {row.amount} of another charge than the provider's {made}"
+            )
+            if made["status"] == "succeeded":
+                assert (row.status, row.provider_refund_id) == ("succeeded", made["id"]), (
+                    f"I8: the provider refunded {made['id']}; refund {row.pk} is {row.status}"
+                )
+            else:
+                assert row.status in ("failed", "canceled"), (
+                    f"I8: {row.pk} {row.status}, the provider's {made}"
+                )
+        for row in rows.values():
+            if row.status == "succeeded":
+                made = made_by_key.get(row.provider_idempotency_key, ("", {}))[1]
+                assert made.get("status") == "succeeded", f"I8: {row.pk} succeeded, the provider made {made}"
+        for key in {a.key for a in self.refund_answers if a.key}:
+            assert Refund.objects.filter(idempotency_key=key).count() <= 1, (
+                f"I8: key {key!r} made two refunds"
+            )
+        # I10: a not-refunded answer was true for that try.
+        by_pk = {str(r.pk): r for r in rows.values()}
+        for answer in self.refund_answers:
+            if not answer.not_refunded:
+                continue
+            for named in {answer.refund, answer.key_row} - {None}:
+                row = by_pk.get(named[0])
+                if row is None or row.provider_idempotency_key not in made_by_key:
+                    continue
+                made = made_by_key[row.provider_idempotency_key][1]
+                assert made["status"] == "failed" or row.attempts > named[1], (
+                    f"I10: answered {answer.http_status} {answer.name} for refund {row.pk}, which the "
+                    "provider made through that very try"
+                )
+
+
+def _refunds_made(fake: FakeProvider) -> dict[str, dict[str, Any]]:
+    """The provider's refunds by refund key."""
+    return {key: made for refunds in fake.refund_ledger().values() for key, made in refunds.items()}
 
 
 def _run_command(name: str) -> None:
