@@ -67,7 +67,8 @@ import requests
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import OperationalError, connection
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
@@ -449,13 +450,16 @@ class PaymentsMachine(RuleBasedStateMachine):
     # Refund steps ------------------------------------------------------------------
 
     def _charge_to_refund(self, pick: int, which: str) -> str | None:
-        """A succeeded charge (one is made if there is none), or with `which` "any" any charge
-        (refunding one not succeeded is refused)."""
-        rows = Transaction.objects.all()
+        """A succeeded charge with something left to refund (one is made if there is none), or
+        with `which` "any" any charge (refunding one not succeeded, or all refunded, is refused)."""
         if which == "succeeded":
-            rows = rows.filter(status=Transaction.Status.SUCCEEDED)
+            counted = Sum("refunds__amount", filter=Q(refunds__status__in=Refund.COUNTED_STATUSES))
+            rows = Transaction.objects.filter(status=Transaction.Status.SUCCEEDED)
+            rows = rows.annotate(counted=Coalesce(counted, 0)).filter(counted__lt=F("amount"))
             if not rows.exists():
                 self.charge(None, "tok_visa", [], None)
+        else:
+            rows = Transaction.objects.all()
         ids = sorted(str(pk) for pk in rows.values_list("pk", flat=True))
         return _pick(ids, pick) if ids else None
 
