@@ -52,7 +52,7 @@ fuzz:
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-300} DB_TEST_NAME=$${DB_TEST_NAME:-test_fuzz} \
 		.venv/bin/python -m pytest tests/payments/api/test_fuzz.py $(PYTEST_ARGS)
 
-# The exactly-once model test (tests/payments/test_model.py) for longer, with a random seed
+# The exactly-once model test (tests/payments/test_model.py: charges and refunds) for longer, with a random seed
 # (MODEL_SEED=N repeats a run); prints the seed, steps, faults injected and violations.
 soak:
 	@scripts/bootstrap.sh --dev
