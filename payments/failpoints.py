@@ -27,6 +27,7 @@ POINTS = frozenset(
         "refund.before_call",
         "refund.after_call",
         "refund.settle",
+        "client_event.written",  # an event is written, its state change's transaction still open
     }
 )
 

@@ -227,6 +227,20 @@ PAYMENT_FAKE_PROVIDER = config.bool("PAYMENT_FAKE_PROVIDER", False)
 # with, several while one is rotated. None: the endpoint answers 404 webhooks_not_configured.
 PAYMENT_WEBHOOK_SECRET = config.webhook_secrets("PAYMENT_WEBHOOK_SECRET")
 
+# Events out (payments.services.delivery): clients' endpoints, told when a charge or refund settles.
+# true: endpoints may be plain http and loopback or private addresses (development, tests only).
+EVENTS_ALLOW_PRIVATE_URLS = config.bool("EVENTS_ALLOW_PRIVATE_URLS", False)
+# Each delivery request's connect and read timeout.
+EVENTS_TIMEOUT_MS = config.int("EVENTS_TIMEOUT_MS", 5000, minimum=1, maximum=60_000)
+# The first retry's delay; each next one doubles it, up to an hour, for EVENTS_RETRY_FOR_S.
+EVENTS_RETRY_BASE_MS = config.int("EVENTS_RETRY_BASE_MS", 5000, minimum=0, maximum=3_600_000)
+EVENTS_RETRY_FOR_S = config.int("EVENTS_RETRY_FOR_S", 3 * 86400, minimum=1, maximum=30 * 86400)
+# An endpoint is disabled after this many failed requests in a row (0: only after failing for
+# EVENTS_RETRY_FOR_S with no success).
+EVENTS_DISABLE_AFTER_FAILURES = config.int("EVENTS_DISABLE_AFTER_FAILURES", 0, minimum=0, maximum=100_000)
+# After a rotation the old secret signs too, for this long.
+EVENTS_SECRET_OVERLAP_S = config.int("EVENTS_SECRET_OVERLAP_S", 86400, minimum=0, maximum=30 * 86400)
+
 # Logging and CloudWatch ---------------------------------------------------
 
 AWS_REGION = config.str("AWS_REGION", aliases=("VUE_APP_AWS_REGION",))

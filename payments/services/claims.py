@@ -26,6 +26,7 @@ from core.events import log_event
 from payments import provider, transitions
 from payments.models import Transaction
 from payments.provider import ProviderResult
+from payments.services import client_events
 from payments.services.settlement import (
     Fenced,
     assign,
@@ -153,6 +154,7 @@ def put_back(
         txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
         if not owns(txn, claimed):
             raise fenced(txn, claimed, what="putting it back")
+        before_status, before_review = txn.status, txn.needs_review
         if transitions.move(txn.status, Event.PUT_BACK, by=by) == transitions.BEFORE_CLAIM:
             record_attempts(txn=txn, attempts=attempts, kind=kind)
             restored = {
@@ -162,6 +164,7 @@ def put_back(
             restored.update(review_reason=review_reason or txn.review_reason, updated_at=claimed.updated_at)
             Transaction.objects.filter(pk=claimed.pk).update(**restored)
             assign(txn, restored)
+            client_events.record_charge_change(txn, before_status=before_status, before_review=before_review)
     if review_reason:
         log_needs_review(txn)
     return txn

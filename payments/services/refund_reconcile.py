@@ -23,6 +23,7 @@ from payments.errors import NotRefundable
 from payments.models import Refund, Transaction
 from payments.provider import Outcome, ProviderResult
 from payments.refund_transitions import REFUND_TABLE
+from payments.services import client_events
 from payments.services.claims import ActionOutcome, ActionResult, claim
 from payments.services.refund_settlement import (
     RefundFenced,
@@ -160,11 +161,13 @@ def _settle_not_refunded(claimed: Refund, result: ProviderResult) -> bool:
         if transitions.move(row.status, Event.NOT_FOUND, by=RECONCILE, table=REFUND_TABLE) != Status.FAILED:
             return False
         record_attempts(txn=row.transaction_id, refund=row, attempts=result.attempts, kind="refund_lookup")
+        claimed_status = row.status
         row.status = Status.FAILED
         row.error_type = Refund.ErrorType.PROVIDER_ERROR
         row.error_code = NOT_REFUNDED_CODE
         row.error_message = "The provider made no refund with this key; sending it again is safe."
         row.save()
+        client_events.record_refund_change(row, before_status=claimed_status)
     log_event(
         logger,
         "refund.failed",

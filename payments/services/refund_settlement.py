@@ -19,6 +19,7 @@ from payments import failpoints, provider, refund_transitions, transitions
 from payments.models import Refund
 from payments.provider import Outcome, ProviderResult
 from payments.refund_transitions import REFUND_TABLE
+from payments.services import client_events
 from payments.services.settlement import record_attempts
 from payments.transitions import Actor, Event
 
@@ -97,6 +98,7 @@ def settle_refund(*, claimed: Refund, result: ProviderResult, by: Actor, kind: s
         if target is not None:
             _apply(row, event, target, result, previous=previous)
         row.save()
+        client_events.record_refund_change(row, before_status=previous)
     if kind == "refund":
         metrics.REFUNDS.labels(refund_transitions.refund_answer_name(row)).inc()
     _log_settled(row, previous, result)

@@ -26,6 +26,7 @@ from payments import failpoints, provider, selectors, transitions
 from payments.errors import PaymentError, ProviderUnavailable
 from payments.models import PaymentAttempt, Transaction
 from payments.provider import Outcome, ProviderResult
+from payments.services import client_events
 from payments.transitions import Actor, Event
 
 logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
@@ -222,7 +223,7 @@ def settle(*, claimed: Transaction, result: ProviderResult, by: Actor, kind: str
         if not owner and event not in transitions.FACTS:
             raise fenced(txn, claimed, what=f"its {result.outcome} answer")
         record_attempts(txn=txn, attempts=result.attempts, kind=kind)
-        previous = (txn.status, txn.error_code)
+        previous, before_review = (txn.status, txn.error_code), txn.needs_review
         # This claim's try counts while no other claim took the row, also when a provider event
         # settled it during the call (the token is still this claim's).
         if (
@@ -261,6 +262,7 @@ def settle(*, claimed: Transaction, result: ProviderResult, by: Actor, kind: str
             if txn.next_retry_at is None:
                 txn.review_reason = f"not charged after {txn.attempts} tries"
         txn.save()
+        client_events.record_charge_change(txn, before_status=previous[0], before_review=before_review)
     if kind == "charge":
         count_charge(transitions.answer_name(txn))
     _log_settled(txn, previous[0], result)
@@ -373,6 +375,7 @@ def settle_not_charged(claimed: Transaction, result: ProviderResult) -> Transact
         if not Transaction.objects.filter(transitions.window_passed_q(), pk=txn.pk).exists():
             return None
         record_attempts(txn=txn, attempts=result.attempts, kind="lookup")
+        before_status, before_review = txn.status, txn.needs_review
         if transitions.move(txn.status, Event.NOT_FOUND, by=Actor.RECONCILE) == Status.FAILED:
             txn.status = Status.FAILED
             txn.error_type = Transaction.ErrorType.PROVIDER_ERROR
@@ -381,6 +384,7 @@ def settle_not_charged(claimed: Transaction, result: ProviderResult) -> Transact
             txn.next_retry_at = timezone.now() if transitions.attempts_left(txn) else None
             txn.review_reason = "" if txn.next_retry_at else f"not charged after {txn.attempts} tries"
             txn.save()
+            client_events.record_charge_change(txn, before_status=before_status, before_review=before_review)
     if txn.needs_review:
         log_needs_review(txn)
     return txn

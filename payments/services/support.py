@@ -18,6 +18,7 @@ from payments import provider, selectors, transitions
 from payments.errors import InvalidRequest, NotCancelable
 from payments.models import Transaction
 from payments.provider import Outcome, ProviderResult
+from payments.services import client_events
 from payments.services.claims import (
     OUTCOME_OF_STATUS,
     ActionOutcome,
@@ -74,10 +75,14 @@ def flag_exhausted() -> int:
     flagged = 0
     for txn in selectors.exhausted_unflagged():
         reason = f"not charged after {txn.attempts} tries (limit {settings.PAYMENT_MAX_ATTEMPTS})"
-        if Transaction.objects.filter(pk=txn.pk, status=Status.FAILED, review_reason="").update(
-            next_retry_at=None, review_reason=reason, updated_at=timezone.now()
-        ):
-            txn.review_reason = reason
+        with transaction.atomic():
+            changed = Transaction.objects.filter(pk=txn.pk, status=Status.FAILED, review_reason="").update(
+                next_retry_at=None, review_reason=reason, updated_at=timezone.now()
+            )
+            if changed:
+                txn.refresh_from_db()
+                client_events.record_charge_change(txn, before_status=Status.FAILED, before_review=False)
+        if changed:
             log_needs_review(txn)
             flagged += 1
     return flagged
@@ -213,6 +218,7 @@ def charge_cancel(*, transaction_id: uuid.UUID, reason: str, actor: str, by: Act
         txn.save(
             update_fields=["status", "status_note", "source", "next_retry_at", "review_reason", "updated_at"]
         )
+        client_events.record_charge_change(txn, before_status=Status.FAILED, before_review=False)
     log_event(
         logger,
         "payment.canceled",

@@ -308,3 +308,18 @@ class ProviderEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.webhook_id}: {self.effect}"
+
+
+# Events out (their own module, for size); imported here so that Django registers them.
+from payments.models.client_events import (  # noqa: E402
+    ClientEvent as ClientEvent,
+)
+from payments.models.client_events import (  # noqa: E402
+    DeliveryAttempt as DeliveryAttempt,
+)
+from payments.models.client_events import (  # noqa: E402
+    EventDelivery as EventDelivery,
+)
+from payments.models.client_events import (  # noqa: E402
+    WebhookEndpoint as WebhookEndpoint,
+)
