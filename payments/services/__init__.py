@@ -7,6 +7,9 @@
 - `refunds`: the refund path; `refund_settlement`, `refund_reconcile`: recording a refund's
   answer, and reconcile_refunds' lookups.
 - `provider_events`: the provider's verified events, stored once and recorded as facts.
+- `client_events`: events out, written in the state change's transaction (the outbox);
+  `webhook_endpoints`, `webhook_urls`: clients' endpoints and which URLs they may have;
+  `delivery`: sending the outbox's deliveries (run_worker's delivery loop).
 - `users`: setting up support staff.
 
 The names below are the services' public interface; entry points import them from here.
@@ -15,6 +18,7 @@ The names below are the services' public interface; entry points import them fro
 from payments.roles import SUPPORT_GROUP_NAME
 from payments.services.charge import Charged, ChargeRequest, charge_create
 from payments.services.claims import ERROR_OUTCOMES, ActionOutcome, ActionResult
+from payments.services.delivery import deliver_next
 from payments.services.lookup import charge_lookup_on_read
 from payments.services.provider_events import Received, provider_event_receive
 from payments.services.refund_reconcile import (
@@ -33,6 +37,13 @@ from payments.services.support import (
     flag_exhausted,
 )
 from payments.services.users import support_user_create
+from payments.services.webhook_endpoints import (
+    delivery_replay,
+    endpoint_create,
+    endpoint_delete,
+    endpoint_rotate,
+    endpoint_update,
+)
 from payments.transitions import reconcile_after
 
 __all__ = [
@@ -52,6 +63,12 @@ __all__ = [
     "charge_reconcile_next",
     "charge_retry",
     "charge_retry_next",
+    "deliver_next",
+    "delivery_replay",
+    "endpoint_create",
+    "endpoint_delete",
+    "endpoint_rotate",
+    "endpoint_update",
     "flag_exhausted",
     "provider_event_receive",
     "reconcile_after",

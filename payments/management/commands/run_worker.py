@@ -1,8 +1,9 @@
-"""`manage.py run_worker`: the retry and reconcile loops, continuously, until SIGTERM or Ctrl-C.
+"""`manage.py run_worker`: the retry, reconcile and delivery loops, continuously, until SIGTERM or Ctrl-C.
 
 The loops are the batch commands' (retry_failed_payments, reconcile_payments,
-reconcile_refunds): each pass claims rows one at a time through the same services (SKIP LOCKED
-or a conditional UPDATE), so any number of workers, on any number of hosts, run beside each
+reconcile_refunds) and the delivery of events to clients' endpoints: each pass claims rows one
+at a time through the same services (SKIP LOCKED or a conditional UPDATE; a lease per endpoint
+for deliveries), so any number of workers, on any number of hosts, run beside each
 other and beside the cron jobs. A pass that finds nothing to do sleeps `--idle`; the lookups of
 rows whose outcome is still unknown run at most every `--reconcile-every` seconds, so a
 provider that has not decided yet is not asked about the same row many times a second.
@@ -43,13 +44,15 @@ LOOPS: tuple[tuple[str, Step, bool], ...] = (
     ("retry", services.charge_retry_next, False),
     ("reconcile", services.charge_reconcile_next, True),
     ("reconcile_refunds", services.refund_reconcile_next, True),
+    ("deliver", services.deliver_next, False),  # events out to clients' endpoints
 )
 
 
 class Command(BaseCommand):
     help = (
-        "Run the retry, reconcile and refund-reconcile loops continuously (instead of, or beside, "
-        "cron). Safe to run on many hosts at once; SIGTERM or Ctrl-C finishes the row in hand and exits 0."
+        "Run the retry, reconcile, refund-reconcile and event delivery loops continuously (instead "
+        "of, or beside, cron). Safe to run on many hosts at once; SIGTERM or Ctrl-C finishes the row "
+        "in hand and exits 0."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

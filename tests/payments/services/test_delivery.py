@@ -1,0 +1,234 @@
+"""Delivering events over real HTTP, to a receiver on loopback: signatures, order, retries,
+timeouts, redirects, SSRF at delivery, disabling, and two workers on one outbox."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+from django.utils import timezone
+
+from payments import services
+from payments.models import ClientEvent, EventDelivery, WebhookEndpoint
+from payments.services import ActionOutcome, delivery
+from tests.support.factories import charge, shop
+from tests.support.receiver import Receiver
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TYPES = list(services.client_events.EVENT_TYPES)
+
+
+@pytest.fixture(autouse=True)
+def event_settings(settings: Any) -> Any:
+    settings.EVENTS_ALLOW_PRIVATE_URLS = True
+    settings.EVENTS_TIMEOUT_MS = 300
+    settings.EVENTS_RETRY_BASE_MS = 0  # a failed delivery is due again at once (each pass tries it once)
+    settings.EVENTS_DISABLE_AFTER_FAILURES = 0
+    return settings
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as running:
+        yield running
+
+
+def drain() -> list[Any]:
+    """One pass, as run_worker makes it: every due delivery tried at most once."""
+    tried: set[Any] = set()
+    results = []
+    while (result := services.deliver_next(skip_ids=tried, actor="test")) is not None:
+        tried.add(result.transaction_id)
+        results.append(result)
+    return results
+
+
+def hook(url: str, *, client: Any = None) -> WebhookEndpoint:
+    return services.endpoint_create(client=client or shop(), url=url, events=TYPES)
+
+
+def event_ids(endpoint: WebhookEndpoint) -> list[str]:
+    return list(endpoint.deliveries.order_by("sequence").values_list("event_id", flat=True))
+
+
+def test_events_arrive_signed_in_order_once(receiver: Receiver) -> None:
+    endpoint = hook(receiver.url)
+    charge("tok_visa")
+    charge("tok_chargeDeclined")
+    drain()
+
+    assert [r.verified(endpoint.secret)["id"] for r in receiver.requests] == event_ids(endpoint)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == event_ids(endpoint)
+    first = receiver.requests[0].verified(endpoint.secret)
+    assert first["type"] == "charge.succeeded" and first == ClientEvent.objects.get(pk=first["id"]).payload
+    assert receiver.requests[0].path == "/hooks/paymentsite"
+    assert set(endpoint.deliveries.values_list("status", "attempts")) == {(EventDelivery.Status.SUCCEEDED, 1)}
+
+
+def test_an_endpoint_down_for_a_while_then_back_gets_each_event_once_in_order() -> None:
+    with Receiver() as first:
+        port = first.port
+    endpoint = hook(f"http://127.0.0.1:{port}/hooks")  # nothing listens there now
+    for source in ("tok_visa", "tok_chargeDeclined", "tok_visa"):
+        charge(source)
+    for _ in range(3):
+        (result,) = drain()  # only the first event is tried: the next wait behind it
+        assert result.outcome == ActionOutcome.FAILED
+    head = endpoint.deliveries.get(sequence=1)
+    assert head.attempts == 3 and "Connection" in head.last_error
+    assert endpoint.deliveries.filter(attempts=0).count() == 2
+
+    with Receiver(port=port) as back:
+        drain()
+        assert [body["id"] for body in back.bodies()] == event_ids(endpoint)
+    assert set(endpoint.deliveries.values_list("status", flat=True)) == {EventDelivery.Status.SUCCEEDED}
+    assert head.attempt_log.count() == 4
+
+
+def test_500s_are_retried_with_backoff(receiver: Receiver, settings: Any) -> None:
+    settings.EVENTS_RETRY_BASE_MS = 60_000
+    receiver.mode = "500"
+    endpoint = hook(receiver.url)
+    charge("tok_visa")
+    (result,) = drain()
+    row = endpoint.deliveries.get()
+    assert (result.outcome, row.status, row.last_error) == (ActionOutcome.FAILED, "pending", "HTTP 500")
+    assert row.next_attempt_at > timezone.now() + timedelta(seconds=50), "backs off"
+    assert drain() == [], "not due yet"
+
+    receiver.mode = "ok"
+    EventDelivery.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now())
+    drain()
+    assert endpoint.deliveries.get().status == EventDelivery.Status.SUCCEEDED
+    assert len(receiver.requests) == 2
+
+
+def test_a_hanging_endpoint_times_out_and_no_connection_is_held_during_the_call(receiver: Receiver) -> None:
+    receiver.mode = "hang"
+    endpoint = hook(receiver.url)
+    charge("tok_visa")
+    held: list[bool] = []
+    ours = connections["default"]  # this thread's connection, looked at from the receiver's thread
+    receiver.on_request = lambda _request: held.append(ours.connection is not None)
+
+    (result,) = drain()
+    receiver.release.set()
+
+    assert held == [False], "the database connection was closed before the request"
+    assert result.outcome == ActionOutcome.FAILED
+    assert "ReadTimeout" in endpoint.deliveries.get().last_error
+
+
+def test_a_redirect_is_not_followed_and_counts_as_a_failure(receiver: Receiver) -> None:
+    receiver.mode = "redirect"
+    endpoint = hook(receiver.url)
+    charge("tok_visa")
+    (result,) = drain()
+    assert result.outcome == ActionOutcome.FAILED
+    assert [r.path for r in receiver.requests] == ["/hooks/paymentsite"], "never followed"
+    row = endpoint.deliveries.get()
+    assert row.status == "pending" and "redirect" in row.last_error
+
+
+def test_a_name_that_resolves_to_loopback_is_refused_at_delivery(receiver: Receiver, settings: Any) -> None:
+    endpoint = hook(f"https://localhost:{receiver.port}/hooks")  # allowed while private URLs are
+    charge("tok_visa")
+    settings.EVENTS_ALLOW_PRIVATE_URLS = False
+    (result,) = drain()
+    assert result.outcome == ActionOutcome.FAILED
+    assert receiver.requests == []
+    assert "not public" in endpoint.deliveries.get().last_error
+
+
+def test_an_endpoint_failing_n_times_in_a_row_is_disabled(
+    receiver: Receiver, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.EVENTS_DISABLE_AFTER_FAILURES = 3
+    receiver.mode = "500"
+    endpoint = hook(receiver.url)
+    charge("tok_visa")
+    for _ in range(3):
+        drain()
+    endpoint.refresh_from_db()
+    assert not endpoint.enabled and "3 failed deliveries in a row" in endpoint.disabled_reason
+    assert any(getattr(r, "event", "") == "webhook.endpoint_disabled" for r in caplog.records)
+    assert drain() == [], "a disabled endpoint is sent nothing"
+
+    receiver.mode = "ok"
+    services.endpoint_update(endpoint, enabled=True)
+    drain()
+    assert endpoint.deliveries.get().status == EventDelivery.Status.SUCCEEDED
+
+
+def test_a_delivery_failing_for_the_retry_window_is_given_up_and_the_next_one_goes(
+    receiver: Receiver, settings: Any
+) -> None:
+    receiver.mode = "500"
+    endpoint = hook(receiver.url)
+    charge("tok_visa")
+    charge("tok_visa")
+    old = timezone.now() - timedelta(seconds=settings.EVENTS_RETRY_FOR_S + 1)
+    endpoint.deliveries.filter(sequence=1).update(created_at=old)
+    drain()
+    assert endpoint.deliveries.get(sequence=1).status == EventDelivery.Status.FAILED
+    receiver.mode = "ok"
+    drain()
+    assert endpoint.deliveries.get(sequence=2).status == EventDelivery.Status.SUCCEEDED
+
+
+def test_after_a_rotation_both_secrets_verify_until_the_overlap_ends(
+    receiver: Receiver, settings: Any
+) -> None:
+    endpoint = hook(receiver.url)
+    old_secret = endpoint.secret
+    rotated = services.endpoint_rotate(endpoint)
+    charge("tok_visa")
+    drain()
+    (request,) = receiver.requests
+    assert request.verified(old_secret) and request.verified(rotated.secret)
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(previous_secret_until=timezone.now())
+    charge("tok_visa")
+    drain()
+    assert len(receiver.requests[1].headers["webhook-signature"].split(" ")) == 1
+
+
+def test_replay_sends_the_event_again_last_in_order(receiver: Receiver) -> None:
+    endpoint = hook(receiver.url)
+    charge("tok_visa")
+    drain()
+    first = endpoint.deliveries.get()
+    replay = services.delivery_replay(first, actor="support")
+    assert (replay.sequence, replay.replay_of_id, replay.event_id) == (2, first.pk, first.event_id)
+    drain()
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [first.event_id, first.event_id]
+
+
+def test_two_workers_on_one_outbox_send_each_event_once_in_order(receiver: Receiver) -> None:
+    client = shop()
+    endpoints = [hook(f"{receiver.url}?endpoint={n}", client=client) for n in range(2)]
+    for _ in range(12):
+        charge("tok_visa", client=client)
+
+    def work() -> None:
+        while drain():
+            pass
+        connection.close()
+
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    for n, endpoint in enumerate(endpoints):
+        sent = [r.headers["webhook-id"] for r in receiver.requests if r.path.endswith(f"endpoint={n}")]
+        assert sent == event_ids(endpoint), "each event once, in sequence: none twice, none skipped"
+    assert EventDelivery.objects.exclude(status=EventDelivery.Status.SUCCEEDED).count() == 0
+    assert delivery.due_heads().count() == 0
