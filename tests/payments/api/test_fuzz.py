@@ -33,7 +33,8 @@ STATEFUL_STEPS = 10
 # 502, 503 and 504 are answers the schema documents (the provider did not charge, is unavailable,
 # or may have charged: `tok_error` draws a 502), not server errors; a 500 still is one. A refund
 # the schema admits may find nothing left to refund: 422 amount_exceeds_refundable depends on the
-# charge's earlier refunds, not on the request.
+# charge's earlier refunds, not on the request. A webhook endpoint's URL the schema admits (a
+# string) may not be one the service allows (400 url_not_allowed: not a URL, or not public).
 CONFIG = SchemathesisConfig.from_str(
     """
 checks.not_a_server_error.expected-statuses = ["1XX", "2XX", "3XX", "4XX", 502, 503, 504]
@@ -41,6 +42,14 @@ checks.not_a_server_error.expected-statuses = ["1XX", "2XX", "3XX", "4XX", 502, 
 [[operations]]
 include-operation-id = "refunds_create"
 checks.positive_data_acceptance.expected-statuses = ["2XX", "3XX", 401, 403, 404, 409, 422, 429, "5XX"]
+
+[[operations]]
+include-operation-id = "webhook_endpoints_create"
+checks.positive_data_acceptance.expected-statuses = ["2XX", 400, 401, 403, 404]
+
+[[operations]]
+include-operation-id = "webhook_endpoints_update"
+checks.positive_data_acceptance.expected-statuses = ["2XX", 400, 401, 403, 404]
 """
 )
 schema = schemathesis.openapi.from_dict(

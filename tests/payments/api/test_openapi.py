@@ -37,6 +37,14 @@ OPERATIONS = (
     "charges_cancel",
     "refunds_create",
     "refunds_list",
+    "webhook_endpoints_list",
+    "webhook_endpoints_create",
+    "webhook_endpoints_retrieve",
+    "webhook_endpoints_update",
+    "webhook_endpoints_destroy",
+    "webhook_endpoints_rotate",
+    "webhook_deliveries_list",
+    "webhook_deliveries_replay",
 )
 
 
