@@ -16,6 +16,10 @@ SUPPORT_PERMISSIONS = (
     "view_refund",
     "refund_transaction",  # refunds from the transaction's page (granted by create_support_user)
     "view_providerevent",  # what the provider's events said and did
+    "view_webhookendpoint",
+    "view_clientevent",
+    "view_eventdelivery",
+    "replay_delivery",  # events out: send a delivery's event again
 )
 
 

@@ -67,7 +67,6 @@ class WebhookEndpoint(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        permissions = [("replay_delivery", "Can replay event deliveries")]
 
     def __str__(self) -> str:
         return f"{self.id} {self.url}"
@@ -123,6 +122,7 @@ class EventDelivery(models.Model):
 
     class Meta:
         ordering = ["endpoint", "sequence"]
+        permissions = [("replay_delivery", "Can replay event deliveries")]
         constraints = [
             models.UniqueConstraint(fields=["endpoint", "sequence"], name="unique_delivery_sequence"),
         ]
