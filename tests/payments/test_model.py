@@ -83,7 +83,7 @@ from hypothesis.stateful import (
 from fakeprovider import FakeProvider
 from payments import failpoints, provider
 from payments.errors import PaymentError
-from payments.models import PaymentAttempt, Refund, Transaction
+from payments.models import ClientEvent, EventDelivery, PaymentAttempt, Refund, Transaction
 from payments.transitions import Actor
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -258,6 +258,8 @@ class PaymentsMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         PaymentAttempt.objects.all().delete()
+        EventDelivery.objects.all().delete()
+        ClientEvent.objects.all().delete()  # the outbox's events point at their charges and refunds
         Refund.objects.all().delete()
         Transaction.objects.all().delete()
         self.provider.reset()

@@ -53,6 +53,10 @@ def test_create_support_user_makes_a_staff_user_in_the_support_group(support: Cl
         "payments.view_refund",
         "payments.refund_transaction",
         "payments.view_providerevent",
+        "payments.view_webhookendpoint",
+        "payments.view_clientevent",
+        "payments.view_eventdelivery",
+        "payments.replay_delivery",
     }
 
 
