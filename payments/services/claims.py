@@ -235,10 +235,20 @@ def isolated(
         current = Transaction.objects.filter(pk=claimed.pk).values_list("status", flat=True).first()
         if current == Status.PENDING and getattr(claimed, "charge_sent", False):
             mark_interrupted(claimed, by=by)  # the charge may have been made: unknown, never "failed"
-            Transaction.objects.filter(pk=claimed.pk).update(review_reason=reason)
+            flag_for_review(claimed.pk, reason)
         elif current == Status.PENDING:
             with contextlib.suppress(Fenced):
                 put_back(claimed, by=by, review_reason=reason)
         else:
-            Transaction.objects.filter(pk=claimed.pk).update(review_reason=reason)
+            flag_for_review(claimed.pk, reason)
         return ActionResult(claimed.pk, ActionOutcome.ERROR, claimed.status, reason)
+
+
+def flag_for_review(transaction_id: uuid.UUID, reason: str) -> None:
+    """Set a row's review reason under its lock, with its `charge.needs_review` event if it now needs one."""
+    with transaction.atomic():
+        txn = Transaction.objects.select_for_update().get(pk=transaction_id)
+        before_status, before_review = txn.status, txn.needs_review
+        Transaction.objects.filter(pk=txn.pk).update(review_reason=reason)  # updated_at stays, as before
+        txn.review_reason = reason
+        client_events.record_charge_change(txn, before_status=before_status, before_review=before_review)

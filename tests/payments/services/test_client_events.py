@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 from fakeprovider import FakeProvider
 from payments import failpoints, services
 from payments.models import ClientEvent, EventDelivery, Transaction, WebhookEndpoint
+from payments.services import claims
 from payments.transitions import Actor
 from tests.support.factories import charge, failed, shop
 
@@ -124,3 +125,21 @@ def test_a_settle_that_rolls_back_writes_no_event() -> None:
     assert result.status == Transaction.Status.SUCCEEDED
     assert events_of(txn) == ["charge.succeeded"]
     assert list(hook.deliveries.values_list("sequence", flat=True)) == [1]
+
+
+def test_a_command_error_mid_charge_flags_the_row_with_a_needs_review_event() -> None:
+    txn = failed()
+    claimed = claims.claim(Transaction.objects.filter(pk=txn.pk), by=Actor.RETRY, for_charge=True)
+    assert claimed is not None
+    claimed.charge_sent = True  # as if the provider was being called when the error came
+
+    def broken(row: Transaction, *, actor: str) -> Any:
+        raise RuntimeError("a bug")
+
+    result = claims.isolated(claimed, "test", broken, by=Actor.RETRY)
+
+    assert result.outcome == services.ActionOutcome.ERROR
+    row = Transaction.objects.get(pk=txn.pk)
+    assert row.status == Transaction.Status.UNKNOWN and row.needs_review
+    assert events_of(txn) == ["charge.needs_review"]
+    assert ClientEvent.objects.get(transaction=txn).payload["data"]["object"]["needs_review"] is True
