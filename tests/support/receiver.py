@@ -1,7 +1,8 @@
 """A client's webhook endpoint for the tests: a real HTTP server on loopback that records every
 request and answers as it is told (2xx, 500, a redirect, or hang until released).
 
-Standard library only (http.server), like the fake provider: a test server needs nothing more.
+The server is the standard library's (http.server), as the fake provider's is: a test server needs
+nothing more; `standardwebhooks` checks what it received, as a client would.
 """
 
 from __future__ import annotations
