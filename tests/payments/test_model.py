@@ -18,6 +18,9 @@ passed, reconcile_payments run with the provider healthy), it checks:
 - I5 nothing stays pending or unknown once reconcile has run with the provider reachable;
 - I6 two different keys (even differing only in case) are two payments;
 - I7 at quiescence no row's state contradicts the provider (a success only where it charged).
+- I10 at quiescence every settled payment has exactly one outbox event of its state
+  (`charge.succeeded`, `charge.declined`, `charge.canceled`), whose object shows that state, and
+  no event a row's history cannot have (a final state's event twice, or one for a state it never had).
 
 Refunds are driven beside charges: full, partial (several per charge), more than is left,
 with and without keys (same-key retries, keys differing in case), by the API client and by
@@ -35,7 +38,7 @@ its lookups too, paused reconciles and skewed clocks. It checks:
   did not make), and no refund stays pending or unknown;
 - I9 at every step, per charge, neither the provider's refunds (succeeded and pending) nor the
   database's succeeded refunds exceed the charge, nor its succeeded, pending and unknown ones;
-- I10 no refund answer said "not refunded" (402 refund_failed, 502 refund_not_sent, 503, 409
+- I11 no refund answer said "not refunded" (402 refund_failed, 502 refund_not_sent, 503, 409
   not refundable or canceled, 422 too large) for a refund the provider made through that try,
   and none of them left a row behind when it named no refund.
 
@@ -721,13 +724,13 @@ class PaymentsMachine(RuleBasedStateMachine):
                 assert Transaction.objects.filter(idempotency_key=txn.idempotency_key).count() == 1
 
     def _record_refund_answer(self, answer: RefundAnswer, *, by: str) -> None:
-        """I10 at answer time: a "not refunded" answer that names no refund wrote none; a 201
+        """I11 at answer time: a "not refunded" answer that names no refund wrote none; a 201
         is a refund the provider made."""
         self.refund_answers.append(answer)
         REPORT.answers[f"refund {by} {answer.http_status or ''} {answer.name}".replace("  ", " ")] += 1
         if answer.not_refunded and answer.refund is None and answer.new_rows:
             raise AssertionError(
-                f"I10: {answer.name} kept nothing, yet refunds {answer.new_rows} were written"
+                f"I11: {answer.name} kept nothing, yet refunds {answer.new_rows} were written"
             )
         if answer.http_status == 201 and answer.refund:
             key = Refund.objects.get(pk=answer.refund[0]).provider_idempotency_key
@@ -797,6 +800,22 @@ class PaymentsMachine(RuleBasedStateMachine):
             row = answer.txn
             if answer.key and row and row.get("id") in rows:
                 assert rows[row["id"]].idempotency_key == answer.key, f"I6: {answer.key!r} shared a payment"
+        # I10: one outbox event per settled state, written with it, never lost nor doubled.
+        events: dict[str, Counter[str]] = {pk: Counter() for pk in rows}
+        shown: dict[tuple[str, str], str] = {}
+        for event in ClientEvent.objects.exclude(transaction=None):
+            events[str(event.transaction_id)][event.type] += 1
+            shown[(str(event.transaction_id), event.type)] = event.payload["data"]["object"]["status"]
+        for pk, txn in rows.items():
+            final_types = {t: n for t, n in events[pk].items() if t != "charge.needs_review"}
+            assert all(n == 1 for n in final_types.values()), f"I10: {pk} has {dict(events[pk])}"
+            if txn.status in ("succeeded", "declined", "canceled"):
+                assert events[pk][f"charge.{txn.status}"] == 1, (
+                    f"I10: {pk} is {txn.status}, events {dict(events[pk])}"
+                )
+                assert shown[(pk, f"charge.{txn.status}")] == txn.status
+            allowed = {f"charge.{txn.status}"} | ({"charge.canceled"} if txn.status == "succeeded" else set())
+            assert set(final_types) <= allowed, f"I10: {pk} is {txn.status}, events {dict(events[pk])}"
         # Refunds: the fake's held refunds settled, reconcile_refunds run (the window passed above).
         for refunds in self.provider.refund_ledger().values():
             for refund_key, made in refunds.items():
@@ -806,7 +825,7 @@ class PaymentsMachine(RuleBasedStateMachine):
         self._check_refunds_agree()
 
     def _check_refunds_agree(self) -> None:
-        """I8 and I10 at quiescence."""
+        """I8 and I11 at quiescence."""
         made_by_key = {
             key: (charge_key, made)
             for charge_key, refunds in self.provider.refund_ledger().items()
@@ -837,7 +856,7 @@ class PaymentsMachine(RuleBasedStateMachine):
             assert Refund.objects.filter(idempotency_key=key).count() <= 1, (
                 f"I8: key {key!r} made two refunds"
             )
-        # I10: a not-refunded answer was true for that try.
+        # I11: a not-refunded answer was true for that try.
         by_pk = {str(r.pk): r for r in rows.values()}
         for answer in self.refund_answers:
             if not answer.not_refunded:
@@ -848,7 +867,7 @@ class PaymentsMachine(RuleBasedStateMachine):
                     continue
                 made = made_by_key[row.provider_idempotency_key][1]
                 assert made["status"] == "failed" or row.attempts > named[1], (
-                    f"I10: answered {answer.http_status} {answer.name} for refund {row.pk}, which the "
+                    f"I11: answered {answer.http_status} {answer.name} for refund {row.pk}, which the "
                     "provider made through that very try"
                 )
 
