@@ -803,7 +803,7 @@ class PaymentsMachine(RuleBasedStateMachine):
         # I10: one outbox event per settled state, written with it, never lost nor doubled.
         events: dict[str, Counter[str]] = {pk: Counter() for pk in rows}
         shown: dict[tuple[str, str], str] = {}
-        for event in ClientEvent.objects.exclude(transaction=None):
+        for event in ClientEvent.objects.filter(refund=None).exclude(transaction=None):  # a charge's own
             events[str(event.transaction_id)][event.type] += 1
             shown[(str(event.transaction_id), event.type)] = event.payload["data"]["object"]["status"]
         for pk, txn in rows.items():
