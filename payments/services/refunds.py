@@ -13,13 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import prefetch_related_objects
 from django.utils import timezone
 
 from core.db import DatabaseNow, release_db_connection
@@ -41,9 +40,9 @@ from payments.refund_transitions import REFUND_TABLE
 from payments.services.refund_settlement import RefundFenced, put_back, settle_refund
 from payments.services.settlement import (
     NOTHING_SENT,
-    SETTLE_BACKOFF_S,
     alarm_misconfigured,
     provider_call_slot,
+    retried_on_database_error,
 )
 from payments.transitions import Actor, Event
 
@@ -73,14 +72,12 @@ class Refunded:
 
 def refundable(charge: Transaction) -> int:
     """What is left to refund: the charge less its succeeded, pending and unknown refunds."""
-    counted = Refund.objects.filter(transaction=charge, status__in=Refund.COUNTED_STATUSES)
-    return charge.amount - (counted.aggregate(total=Sum("amount"))["total"] or 0)
+    return charge.amount - sum(r.amount for r in charge.refunds.all() if r.status in Refund.COUNTED_STATUSES)
 
 
 def refunded(charge: Transaction) -> int:
     """What the provider has refunded, as far as the service knows."""
-    done = Refund.objects.filter(transaction=charge, status=Status.SUCCEEDED)
-    return done.aggregate(total=Sum("amount"))["total"] or 0
+    return sum(r.amount for r in charge.refunds.all() if r.status == Status.SUCCEEDED)
 
 
 def refund_create(
@@ -120,7 +117,12 @@ def refund_create(
 
 
 def _locked_charge(charge_id: uuid.UUID) -> Transaction:
-    return Transaction.objects.select_for_update().get(pk=charge_id)
+    """The charge under its row lock, with its refunds: what is left is read from them, and an
+    answer shows the charge (its amount_refunded) without another query, also when the database
+    fails after the provider call."""
+    charge = Transaction.objects.select_for_update().get(pk=charge_id)
+    prefetch_related_objects([charge], "refunds")
+    return charge
 
 
 def _room_for(charge: Transaction, amount: int | None) -> int:
@@ -238,7 +240,7 @@ def _send(refund: Refund, *, previous: Refund | None, by: Actor) -> Refunded:
             raise RefundUnavailable(code="provider_misconfigured", retry_after_s=60)
         raise RefundUnavailable(code=result.code, retry_after_s=max(1, result.retry_after_s))
     try:
-        settled = _settle_with_retry(claimed=refund, result=result, by=by)
+        settled = retried_on_database_error(lambda: settle_refund(claimed=refund, result=result, by=by))
     except RefundFenced as exc:
         return _answer(exc.row, charge)
     except DatabaseError as exc:
@@ -279,13 +281,3 @@ def _answer(refund: Refund, charge: Transaction, *, replayed: bool = False) -> R
     if error is not None:
         raise error
     return Refunded(refund=refund, charge=charge, replayed=replayed)
-
-
-def _settle_with_retry(*, claimed: Refund, result: ProviderResult, by: Actor) -> Refund:
-    for pause_s in SETTLE_BACKOFF_S:
-        try:
-            return settle_refund(claimed=claimed, result=result, by=by)
-        except DatabaseError:
-            release_db_connection()
-            time.sleep(pause_s)
-    return settle_refund(claimed=claimed, result=result, by=by)

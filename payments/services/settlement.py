@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -32,6 +32,7 @@ from payments.transitions import Actor, Event
 logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
 
 Status = Transaction.Status
+T = TypeVar("T")
 
 
 RETRY_BASE_DELAY_S = 60
@@ -110,15 +111,21 @@ NOTHING_SENT = frozenset({Outcome.UNAVAILABLE, Outcome.MISCONFIGURED})
 SETTLE_BACKOFF_S = (0.2, 0.5)
 
 
-def settle_with_retry(*, claimed: Transaction, result: ProviderResult, by: Actor) -> Transaction:
-    """settle(), tried again on a database error with a fresh connection each time."""
+def retried_on_database_error(write: Callable[[], T]) -> T:
+    """`write()` (recording a provider's answer), tried again on a database error with a fresh
+    connection each time; the last try's error is raised."""
     for pause_s in SETTLE_BACKOFF_S:
         try:
-            return settle(claimed=claimed, result=result, by=by)
+            return write()
         except DatabaseError:
             release_db_connection()
             time.sleep(pause_s)
-    return settle(claimed=claimed, result=result, by=by)
+    return write()
+
+
+def settle_with_retry(*, claimed: Transaction, result: ProviderResult, by: Actor) -> Transaction:
+    """settle(), tried again on a database error with a fresh connection each time."""
+    return retried_on_database_error(lambda: settle(claimed=claimed, result=result, by=by))
 
 
 class Fenced(Exception):

@@ -261,3 +261,28 @@ def test_reconcile_refunds_refuses_an_id_that_is_no_refund(fake_provider: FakePr
     assert raised.value.returncode == 2
     with pytest.raises(CommandError, match="No refund with id"):
         call_command("reconcile_refunds", "--id", str(uuid.uuid4()))
+
+
+def test_a_refund_whose_answer_cannot_be_saved_is_answered_unknown_without_a_query(
+    fake_provider: FakeProvider, django_assert_num_queries: Any
+) -> None:
+    """The database fails after the provider refunded: the caller hears 504 unknown, and the
+    answer (the refund beside its charge, amount_refunded included) needs no database."""
+    from django.db import OperationalError
+
+    from payments import failpoints
+    from payments.api.exceptions import payment_error_response
+
+    txn = charge("tok_visa")
+    refund(txn, 300)  # one refund before: the charge's amount_refunded has something to count
+
+    def database_down() -> None:
+        raise OperationalError("the database went away")
+
+    with failpoints.armed("refund.settle", database_down):
+        error = answer(txn, 200)
+    assert (error.answer_name, error.code) == ("refund_outcome_unknown", "settle_failed")
+    with django_assert_num_queries(0):
+        body = payment_error_response(error).data
+    assert (body["refund"]["status"], body["transaction"]["amount_refunded"]) == ("unknown", 300)
+    assert Refund.objects.get(pk=body["refund"]["id"]).status == "pending", "reconcile_refunds settles it"
