@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from payments.api.serializers import StrictBodySerializer, StrictCharField
@@ -150,3 +151,17 @@ class EventDeliverySerializer(serializers.ModelSerializer):
 
     def get_object(self, delivery: EventDelivery) -> str:
         return "event_delivery"
+
+
+EventDeliveryPage = inline_serializer(
+    "EventDeliveryPage",
+    fields={
+        "next": serializers.URLField(
+            allow_null=True, help_text="The older deliveries; null on the last page."
+        ),
+        "previous": serializers.URLField(
+            allow_null=True, help_text="The newer ones; null on the first page."
+        ),
+        "results": EventDeliverySerializer(many=True),
+    },
+)

@@ -1,6 +1,9 @@
 """The API's webhook endpoints: register, list, read, change, remove, rotate; deliveries, replay.
 
 Each calls one service. A client sees and changes only its own endpoints and their deliveries.
+The deliveries list pages with a cursor, not a page number as the charges list does: an
+endpoint's newest deliveries come first and new ones keep arriving at the head, so a numbered
+page would shift under a client reading on (a delivery seen twice, or one missed).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +22,7 @@ from payments.api import schema
 from payments.api.webhook_serializers import (
     EndpointCreateSerializer,
     EndpointUpdateSerializer,
+    EventDeliveryPage,
     EventDeliverySerializer,
     WebhookEndpointSecretSerializer,
     WebhookEndpointSerializer,
@@ -27,7 +32,34 @@ from payments.models import EventDelivery, WebhookEndpoint
 ENDPOINT_ID = OpenApiParameter("endpoint_id", OpenApiTypes.STR, OpenApiParameter.PATH)
 DELIVERY_ID = OpenApiParameter("delivery_id", OpenApiTypes.STR, OpenApiParameter.PATH)
 HEADERS = schema.headers(retry_after=[503])
-DELIVERIES_SHOWN = 100
+
+
+class DeliveryPagination(CursorPagination):
+    """Newest first by `sequence` (unique per endpoint), as many a page as the charges list. A cursor
+    that is not one of ours is the documented 404, as a page that is not a number is the charges
+    list's: DRF's own check reads an empty one as the first page and lets a position that is no
+    number through, to a query that would fail (a 500)."""
+
+    ordering = "-sequence"  # page_size: REST_FRAMEWORK's PAGE_SIZE, as the charges list's
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        if request.query_params.get(self.cursor_query_param) == "":  # DRF reads it as the first page
+            raise NotFound(self.invalid_cursor_message)
+        cursor = super().decode_cursor(request)
+        position = cursor.position if cursor is not None else None
+        if position is not None and not (position.isascii() and position.isdigit()):
+            raise NotFound(self.invalid_cursor_message)
+        return cursor
+
+
+CURSOR = OpenApiParameter(
+    DeliveryPagination.cursor_query_param,
+    OpenApiTypes.STR,
+    required=False,
+    description="Absent for the newest deliveries; then the `next` (or `previous`) link's cursor, "
+    f"{DeliveryPagination.page_size} deliveries a page. A cursor that is not one of those links' "
+    "answers 404 not_found.",
+)
 
 
 def endpoint_for(request: Request, endpoint_id: str) -> WebhookEndpoint:
@@ -119,16 +151,17 @@ class EndpointRotateView(APIView):
 class DeliveryListView(APIView):
     @extend_schema(
         operation_id="webhook_deliveries_list",
-        parameters=[ENDPOINT_ID, *HEADERS],
-        responses={200: EventDeliverySerializer(many=True), **schema.errors(404)},
-        description=f"The endpoint's latest {DELIVERIES_SHOWN} deliveries, newest first, with attempts.",
+        parameters=[ENDPOINT_ID, CURSOR, *HEADERS],
+        responses={200: EventDeliveryPage, **schema.errors(404)},
+        description="The endpoint's deliveries, newest first, with their attempts; `next` is the "
+        "link to the older ones (null on the last page).",
     )
     def get(self, request: Request, endpoint_id: str) -> Response:
         endpoint = endpoint_for(request, endpoint_id)
-        deliveries = (
-            endpoint.deliveries.select_related("event").prefetch_related("attempt_log").order_by("-sequence")
-        )
-        return Response(EventDeliverySerializer(deliveries[:DELIVERIES_SHOWN], many=True).data)
+        deliveries = endpoint.deliveries.select_related("event").prefetch_related("attempt_log")
+        paginator = DeliveryPagination()
+        page = paginator.paginate_queryset(deliveries, request, view=self)
+        return paginator.get_paginated_response(EventDeliverySerializer(page, many=True).data)
 
 
 class DeliveryReplayView(APIView):

@@ -1,13 +1,17 @@
 """The webhook endpoints API: register (secret shown once), list, read, change, remove, rotate,
-deliveries and replay; the URL rules at registration; typed errors."""
+deliveries (paged by cursor, over real HTTP) and replay; the URL rules at registration; typed errors."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
+import requests
 from rest_framework.test import APIClient
 
+from payments import services
+from payments.api.webhook_views import DeliveryPagination
 from payments.models import EventDelivery, WebhookEndpoint
 from payments.services import webhook_urls
 from tests.support.api import assert_error_body
@@ -139,7 +143,9 @@ def test_deliveries_are_listed_and_one_can_be_replayed(
 ) -> None:
     endpoint_id = register(api).json()["id"]
     charge("tok_visa", client=api_user_token[0])
-    (listed,) = api.get(f"/api/v1/webhook_endpoints/{endpoint_id}/deliveries").json()
+    page = api.get(f"/api/v1/webhook_endpoints/{endpoint_id}/deliveries").json()
+    assert (page["next"], page["previous"]) == (None, None)
+    (listed,) = page["results"]
     assert (listed["type"], listed["sequence"], listed["status"]) == ("charge.succeeded", 1, "pending")
     assert listed["event"].startswith("evt_") and listed["attempt_log"] == []
 
@@ -149,6 +155,83 @@ def test_deliveries_are_listed_and_one_can_be_replayed(
     assert EventDelivery.objects.count() == 2
     missing = api.post(f"/api/v1/webhook_endpoints/{endpoint_id}/deliveries/dlv_nope/replay")
     assert_error_body(missing, "not_found")
+
+
+def replays(delivery: EventDelivery, count: int) -> None:
+    for _ in range(count):
+        services.delivery_replay(delivery, actor="test")
+
+
+def test_deliveries_page_by_cursor_each_once_newest_first_while_new_ones_arrive(
+    live_server: Any, api_user_token: tuple[Any, str]
+) -> None:
+    user, token = api_user_token
+    headers = {"Authorization": f"Token {token}"}
+    base = f"{live_server.url}/api/v1/webhook_endpoints"
+    endpoint_id = requests.post(
+        base, json={"url": URL, "events": ["charge.succeeded"]}, headers=headers
+    ).json()["id"]
+    charge("tok_visa", client=user)
+    first = EventDelivery.objects.get(endpoint_id=endpoint_id)
+    size = DeliveryPagination.page_size
+    replays(first, 2 * size + 9)  # sequences 1 to 2 pages and 10
+
+    url: str | None = f"{base}/{endpoint_id}/deliveries"
+    seen: list[int] = []
+    pages = []
+    while url is not None:
+        answer = requests.get(url, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.content
+        page = answer.json()
+        pages.append(page)
+        seen += [d["sequence"] for d in page["results"]]
+        replays(first, 3)  # new deliveries at the head between pages move nothing the cursor points at
+        url = page["next"]
+
+    assert seen == list(range(2 * size + 10, 0, -1)), "every delivery once, newest first"
+    assert [len(p["results"]) for p in pages] == [size, size, 10]
+    assert pages[0]["previous"] is None and pages[1]["previous"] is not None
+    assert pages[1]["next"].startswith(live_server.url), "an absolute link, as the charges list's"
+
+    back = requests.get(pages[1]["previous"], headers=headers, timeout=30).json()
+    assert [d["sequence"] for d in back["results"]][-size:] == seen[:size], "previous goes back to newer ones"
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "nope",
+        "%FF",
+        base64.b64encode(b"p=abc").decode(),  # DRF decodes it: a position that is no number
+        base64.b64encode(b"o=-1").decode(),
+        base64.b64encode(b"r=x").decode(),
+        "9" * 5000,
+    ],
+    ids=["empty", "not-base64", "not-ascii", "position-not-a-number", "negative-offset", "reverse", "long"],
+)
+def test_a_cursor_that_is_not_ours_is_the_apis_404(
+    api: APIClient, api_user_token: tuple[Any, str], cursor: str
+) -> None:
+    endpoint_id = register(api).json()["id"]
+    charge("tok_visa", client=api_user_token[0])
+
+    answer = api.get(f"/api/v1/webhook_endpoints/{endpoint_id}/deliveries?cursor={cursor}")
+
+    assert answer.status_code == 404, answer.content
+    assert_error_body(answer, "not_found")
+
+
+def test_the_schema_declares_the_deliveries_page_and_its_cursor(api: APIClient) -> None:
+    schema = api.get("/api/schema/", {"format": "json"}).json()
+    operation = schema["paths"]["/api/v1/webhook_endpoints/{endpoint_id}/deliveries"]["get"]
+    cursor = next(p for p in operation["parameters"] if p["name"] == "cursor")
+    assert cursor["in"] == "query" and cursor["schema"] == {"type": "string"} and not cursor.get("required")
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/EventDeliveryPage"}
+    page = schema["components"]["schemas"]["EventDeliveryPage"]
+    assert set(page["properties"]) == {"next", "previous", "results"}
+    assert "404" in operation["responses"]
 
 
 def test_the_schema_declares_the_endpoints(api: APIClient) -> None:
