@@ -311,6 +311,11 @@ class EnvReader:
             options["ssl"] = ssl
         return options
 
+    def pem_file(self, name: str) -> str | None:
+        """The path `name` gives, of a file that exists; None when it is unset."""
+        path = self._raw(name)
+        return None if path is None else self._pem_file(name, path)
+
     def _pem_file(self, name: str, path: str) -> str:
         if not Path(path).is_file():
             self._fail(name, path, "expected the path of a readable PEM file (no such file)")

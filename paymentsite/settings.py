@@ -238,6 +238,9 @@ EVENTS_RETRY_FOR_S = config.int("EVENTS_RETRY_FOR_S", 3 * 86400, minimum=1, maxi
 # An endpoint is disabled after this many failed requests in a row (0: only after failing for
 # EVENTS_RETRY_FOR_S with no success).
 EVENTS_DISABLE_AFTER_FAILURES = config.int("EVENTS_DISABLE_AFTER_FAILURES", 0, minimum=0, maximum=100_000)
+# The CA certificates (PEM) an https endpoint's certificate must chain to, instead of the bundle
+# requests uses (certifi's); certificates are always verified.
+EVENTS_CA_BUNDLE = config.pem_file("EVENTS_CA_BUNDLE")
 # After a rotation the old secret signs too, for this long.
 EVENTS_SECRET_OVERLAP_S = config.int("EVENTS_SECRET_OVERLAP_S", 86400, minimum=0, maximum=30 * 86400)
 

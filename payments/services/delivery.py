@@ -9,15 +9,20 @@ make an endpoint receive an event twice (deliveries are at least once), never sk
 
 A delivery is a Standard Webhooks request (`standardwebhooks` signs it, with every secret the
 endpoint has now), to the address the URL check resolved (payments.services.webhook_urls),
-with a short timeout and no redirect followed. A failure is tried again, backing off, for
-EVENTS_RETRY_FOR_S after the delivery was written, then given up (the endpoint's next event
-goes). An endpoint failing for that long, or EVENTS_DISABLE_AFTER_FAILURES times in a row, is
-disabled (`webhook.endpoint_disabled`). urllib3 rather than requests: it connects to the
+with a short timeout and no redirect followed; over https the certificate is always verified,
+against EVENTS_CA_BUNDLE or the bundle requests uses (certifi's). urllib3's timeouts bound each
+socket read, not the request, so the request has a hard wall-clock bound too, the provider
+client's (payments.provider.deadline: its socket is shut down at `request_deadline_s()`): an
+endpoint that trickles its answer cannot keep it open past the lease. A failure is tried again,
+backing off, for EVENTS_RETRY_FOR_S after the delivery was written, then given up (the
+endpoint's next event goes). An endpoint failing for that long, or EVENTS_DISABLE_AFTER_FAILURES
+times in a row, is disabled (`webhook.endpoint_disabled`). urllib3 rather than requests: it connects to the
 checked address while naming the host in TLS and the Host header.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -32,11 +37,13 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import DateTimeField, Exists, ExpressionWrapper, OuterRef, Q
 from django.utils import timezone
+from requests import certs
 from standardwebhooks import Webhook
 
 from core.db import DatabaseNow, release_db_connection
 from core.events import log_event
 from payments.models import DeliveryAttempt, EventDelivery, WebhookEndpoint
+from payments.provider import deadline
 from payments.services import webhook_urls
 from payments.services.claims import ActionOutcome, ActionResult
 from payments.services.webhook_endpoints import signing_secrets
@@ -49,9 +56,15 @@ RETRY_MAX_DELAY_S = 3600
 ANSWER_READ_BYTES = 1024
 
 
+def request_deadline_s() -> float:
+    """One request's hard bound, from its connect to its answer: the connect and read timeouts."""
+    return 2 * settings.EVENTS_TIMEOUT_MS / 1000
+
+
 def lease_s() -> float:
-    """Longer than any one delivery can take (its connect and read timeouts), with room."""
-    return 2 * settings.EVENTS_TIMEOUT_MS / 1000 + 30
+    """Longer than any one delivery can take (its request's hard bound), with room for the URL's
+    name lookup and the answer's recording."""
+    return request_deadline_s() + 30
 
 
 def due_heads() -> Any:
@@ -145,21 +158,32 @@ def post(url: str, *, msg_id: str, body: str, secrets: list[str]) -> tuple[int |
         "maxsize": 1,
     }
     if target.scheme == "https":
-        pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
-            target.address, target.port, server_hostname=target.host, assert_hostname=target.host, **options
+        pool: urllib3.HTTPConnectionPool = deadline.BoundedHTTPSConnectionPool(
+            target.address,
+            target.port,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=settings.EVENTS_CA_BUNDLE or certs.where(),
+            **options,
         )
     else:
-        pool = urllib3.HTTPConnectionPool(target.address, target.port, **options)
+        pool = deadline.BoundedHTTPConnectionPool(target.address, target.port, **options)
     headers = headers_for(msg_id, body, secrets, host=target.host, port=target.port, scheme=target.scheme)
+    watch = deadline.start_attempt(request_deadline_s())
     try:
         response = pool.urlopen(
             "POST", target.path, body=body.encode(), headers=headers, redirect=False, preload_content=False
         )
-        response.read(ANSWER_READ_BYTES)
+        with contextlib.suppress(urllib3.exceptions.HTTPError):  # the status line is the answer:
+            response.read(ANSWER_READ_BYTES)  # a body cut short changes nothing
         response.release_conn()
     except urllib3.exceptions.HTTPError as exc:
+        if watch.cut:
+            return None, f"no answer within {request_deadline_s():g} s: the connection was closed"
         return None, f"{type(exc).__name__}: {exc}"[:500]
     finally:
+        deadline.finish_attempt()
         pool.close()
     if 200 <= response.status < 300:
         return response.status, ""

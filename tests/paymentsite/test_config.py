@@ -97,6 +97,10 @@ MYSQL = "mysql://app:s3cr3t-pw@db.internal:3306/payments"
         ),
         ({"DATABASE_URL": MYSQL, "DB_SSL_CA": "/nonexistent/ca.pem"}, "DB_SSL_CA='/nonexistent/ca.pem'"),
         ({"DB_SSL_MODE": "REQUIRED"}, "DB_SSL_MODE set, but TLS applies to a MySQL database only"),
+        (
+            {"EVENTS_CA_BUNDLE": "/nonexistent/ca.pem"},
+            "EVENTS_CA_BUNDLE='/nonexistent/ca.pem' is invalid: expected the path of a readable PEM file",
+        ),
         # The provider's events: Standard Webhooks secrets, masked.
         (
             {"PAYMENT_WEBHOOK_SECRET": "s3cr3t"},

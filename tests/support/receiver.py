@@ -1,14 +1,18 @@
 """A client's webhook endpoint for the tests: a real HTTP server on loopback that records every
-request and answers as it is told (2xx, 500, a redirect, or hang until released).
+request and answers as it is told (2xx, 500, a redirect, hang until released, or trickle its
+answer a byte at a time), over plain HTTP or TLS (`tls`: a server context, tests.support.tls).
 
-The server is the standard library's (http.server), as the fake provider's is: a test server needs
-nothing more; `standardwebhooks` checks what it received, as a client would.
+The server is the standard library's (http.server, wrapped in `ssl` for TLS), as the fake
+provider's is: a test server needs nothing more; `standardwebhooks` checks what it received, as
+a client would.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,13 +33,24 @@ class Received:
 
 
 class Receiver:
-    """`mode`: "ok" (204), "500", "redirect" (302 to /elsewhere) or "hang" (answer nothing until
-    `release` is set or `hang_s` passes). `on_request` runs in the server's thread first. `port`:
-    a port an earlier receiver had (an endpoint down for a while, then back)."""
+    """`mode`: "ok" (204), "500", "redirect" (`redirect_status` to `redirect_to`, by default
+    /elsewhere of this receiver), "hang" (answer nothing until `release` is set or `hang_s`
+    passes) or "trickle" (a 200 whose status line and headers come one byte every `trickle_s`,
+    `trickle_bytes` of them; `trickled` then says "cut" if the client closed the connection before
+    the end, else "finished").
+    `on_request` runs in the server's thread first. `port`: a port an earlier receiver had (an
+    endpoint down for a while, then back). `handshake_failures`: TLS handshakes the client broke
+    off (a certificate it refused)."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, tls: ssl.SSLContext | None = None) -> None:
         self.mode = "ok"
         self.hang_s = 10.0
+        self.redirect_status = 302
+        self.redirect_to = ""
+        self.trickle_s = 0.05
+        self.trickle_bytes = 200
+        self.trickled: list[str] = []
+        self.handshake_failures: list[str] = []
         self.release = threading.Event()
         self.on_request: Callable[[Received], None] | None = None
         self.requests: list[Received] = []
@@ -64,7 +79,10 @@ class Receiver:
                 elif mode == "500":
                     self._answer(500)
                 elif mode == "redirect":
-                    self._answer(302, location=f"http://127.0.0.1:{receiver.port}/elsewhere")
+                    location = receiver.redirect_to or f"{receiver.origin}/elsewhere"
+                    self._answer(receiver.redirect_status, location=location)
+                elif mode == "trickle":
+                    self._trickle()
                 else:
                     self._answer(204)
 
@@ -78,14 +96,50 @@ class Receiver:
                 except OSError:
                     pass  # the client gave up (a timeout)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
+            def _trickle(self) -> None:
+                padding = max(0, receiver.trickle_bytes - 40)
+                answer = f"HTTP/1.1 200 OK\r\nX-Padding: {'x' * padding}\r\nContent-Length: 0\r\n\r\n"
+                outcome = "finished"
+                try:
+                    for byte in answer.encode():
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(receiver.trickle_s)
+                except OSError:
+                    outcome = "cut"  # the client closed the connection mid-answer
+                with receiver._lock:
+                    receiver.trickled.append(outcome)
+                self.close_connection = True
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that hung up mid-request is no error of the test's
+
+            def get_request(self) -> tuple[Any, Any]:
+                sock, address = self.socket.accept()
+                if tls is None:
+                    return sock, address
+                try:  # the handshake in the accepting thread: a short one, on loopback
+                    return tls.wrap_socket(sock, server_side=True), address
+                except (ssl.SSLError, OSError) as exc:
+                    receiver.handshake_failures.append(str(exc))
+                    sock.close()
+                    raise
+
+        self.scheme = "https" if tls is not None else "http"
+        self._server = Server(("127.0.0.1", port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
+    def origin(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/paymentsite"
+        return f"{self.origin}/hooks/paymentsite"
 
     def bodies(self) -> list[Any]:
         with self._lock:

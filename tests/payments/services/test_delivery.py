@@ -1,9 +1,11 @@
-"""Delivering events over real HTTP, to a receiver on loopback: signatures, order, retries,
-timeouts, redirects, SSRF at delivery, disabling, and two workers on one outbox."""
+"""Delivering events over real HTTP and TLS, to a receiver on loopback: signatures, order,
+retries, timeouts (a trickling answer cut at the request's deadline), redirects never followed,
+certificates verified, SSRF at delivery, disabling, and two workers on one outbox."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -13,10 +15,11 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from payments import services
-from payments.models import ClientEvent, EventDelivery, WebhookEndpoint
+from payments.models import ClientEvent, DeliveryAttempt, EventDelivery, WebhookEndpoint
 from payments.services import ActionOutcome, delivery
 from tests.support.factories import charge, shop
 from tests.support.receiver import Receiver
+from tests.support.tls import TestCA
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,6 +39,16 @@ def event_settings(settings: Any) -> Any:
 def receiver() -> Iterator[Receiver]:
     with Receiver() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA.make(tmp_path_factory.mktemp("trusted"))
+
+
+@pytest.fixture(scope="module")
+def untrusted_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA.make(tmp_path_factory.mktemp("untrusted"), name="a CA nobody trusts")
 
 
 def drain() -> list[Any]:
@@ -124,15 +137,23 @@ def test_a_hanging_endpoint_times_out_and_no_connection_is_held_during_the_call(
     assert "ReadTimeout" in endpoint.deliveries.get().last_error
 
 
-def test_a_redirect_is_not_followed_and_counts_as_a_failure(receiver: Receiver) -> None:
-    receiver.mode = "redirect"
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_to_another_address_is_not_followed_and_is_a_failure(
+    receiver: Receiver, status: int
+) -> None:
+    receiver.mode, receiver.redirect_status = "redirect", status
     endpoint = hook(receiver.url)
     charge("tok_visa")
-    (result,) = drain()
+    with Receiver() as elsewhere:  # another address: where a redirect would take the event
+        receiver.redirect_to = elsewhere.url
+        (result,) = drain()
+        assert elsewhere.requests == [], "never followed"
     assert result.outcome == ActionOutcome.FAILED
-    assert [r.path for r in receiver.requests] == ["/hooks/paymentsite"], "never followed"
+    assert [r.path for r in receiver.requests] == ["/hooks/paymentsite"], "sent once, where it was registered"
     row = endpoint.deliveries.get()
-    assert row.status == "pending" and "redirect" in row.last_error
+    assert row.status == "pending" and row.last_error == f"HTTP {status}: a redirect, not followed"
+    attempt = row.attempt_log.get()
+    assert (attempt.http_status, attempt.error) == (status, row.last_error)
 
 
 def test_a_name_that_resolves_to_loopback_is_refused_at_delivery(receiver: Receiver, settings: Any) -> None:
@@ -232,3 +253,78 @@ def test_two_workers_on_one_outbox_send_each_event_once_in_order(receiver: Recei
         assert sent == event_ids(endpoint), "each event once, in sequence: none twice, none skipped"
     assert EventDelivery.objects.exclude(status=EventDelivery.Status.SUCCEEDED).count() == 0
     assert delivery.due_heads().count() == 0
+
+
+def attempt_of(endpoint: WebhookEndpoint) -> DeliveryAttempt:
+    return endpoint.deliveries.get().attempt_log.get()
+
+
+def test_https_is_verified_against_events_ca_bundle_and_arrives_signed(
+    test_ca: TestCA, settings: Any
+) -> None:
+    settings.EVENTS_CA_BUNDLE = str(test_ca.ca_pem)
+    with Receiver(tls=test_ca.server_context()) as tls_receiver:
+        endpoint = hook(tls_receiver.url)
+        charge("tok_visa")
+        (result,) = drain()
+    assert tls_receiver.url.startswith("https://127.0.0.1:")
+    assert result.outcome == ActionOutcome.SUCCEEDED, result
+    (request,) = tls_receiver.requests
+    event = request.verified(endpoint.secret)  # standardwebhooks, as the client would
+    assert event == ClientEvent.objects.get(pk=request.headers["webhook-id"]).payload
+    assert (attempt_of(endpoint).http_status, attempt_of(endpoint).error) == (204, "")
+
+
+@pytest.mark.parametrize("bundle", ["ours", "default"])
+def test_a_certificate_not_trusted_fails_the_delivery_retryably_with_its_reason(
+    test_ca: TestCA, untrusted_ca: TestCA, settings: Any, bundle: str
+) -> None:
+    """ "ours": EVENTS_CA_BUNDLE trusts another CA than the server's; "default": unset, the
+    bundle production uses (certifi's) does not trust a test CA either."""
+    settings.EVENTS_CA_BUNDLE = str(test_ca.ca_pem) if bundle == "ours" else None
+    server = untrusted_ca if bundle == "ours" else test_ca
+    with Receiver(tls=server.server_context()) as tls_receiver:
+        endpoint = hook(tls_receiver.url)
+        charge("tok_visa")
+        (result,) = drain()
+    assert tls_receiver.requests == [], "nothing sent to a server not verified"
+    assert tls_receiver.handshake_failures, "the client broke the handshake off"
+    assert result.outcome == ActionOutcome.FAILED
+    row = endpoint.deliveries.get()
+    assert row.status == EventDelivery.Status.PENDING and row.next_attempt_at is not None, "tried again"
+    attempt = row.attempt_log.get()
+    assert attempt.http_status is None
+    assert attempt.error.startswith("SSLError") and "CERTIFICATE_VERIFY_FAILED" in attempt.error
+    assert row.last_error == attempt.error
+
+
+def wait_for(items: list[str]) -> list[str]:
+    """`items` once the receiver has put something in it (whatever the time it took)."""
+    for _ in range(3000):
+        if items:
+            return items
+        time.sleep(0.01)
+    raise AssertionError("the receiver never finished its answer")
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_an_endpoint_trickling_its_answer_is_cut_at_the_requests_deadline(
+    test_ca: TestCA, settings: Any, scheme: str
+) -> None:
+    """Each byte comes well within the read timeout (urllib3's timeouts are per read), the whole
+    answer would take 0.05 s x 200: the request's hard bound closes the connection first, so no
+    delivery outlives its lease (and the 200 at the end is never taken for a success)."""
+    settings.EVENTS_CA_BUNDLE = str(test_ca.ca_pem)
+    tls = test_ca.server_context() if scheme == "https" else None
+    with Receiver(tls=tls) as trickling:
+        trickling.mode = "trickle"
+        endpoint = hook(trickling.url)
+        charge("tok_visa")
+        (result,) = drain()
+        assert wait_for(trickling.trickled) == ["cut"], "the client closed the connection mid-answer"
+    assert result.outcome == ActionOutcome.FAILED, "recorded: the lease was still this worker's"
+    row = endpoint.deliveries.get()
+    expected = f"no answer within {delivery.request_deadline_s():g} s: the connection was closed"
+    assert row.status == EventDelivery.Status.PENDING and row.last_error == expected
+    assert attempt_of(endpoint).error == expected and attempt_of(endpoint).http_status is None
+    assert delivery.request_deadline_s() < delivery.lease_s()
