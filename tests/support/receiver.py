@@ -36,8 +36,9 @@ class Receiver:
     """`mode`: "ok" (204), "500", "redirect" (`redirect_status` to `redirect_to`, by default
     /elsewhere of this receiver), "hang" (answer nothing until `release` is set or `hang_s`
     passes) or "trickle" (a 200 whose status line and headers come one byte every `trickle_s`,
-    `trickle_bytes` of them; `trickled` then says "cut" if the client closed the connection before
-    the end, else "finished").
+    `trickle_bytes` of them; "trickle_body": its status line and headers at once, then its body so;
+    `trickled` then says "cut" if the client closed the connection before the end, else
+    "finished").
     `on_request` runs in the server's thread first. `port`: a port an earlier receiver had (an
     endpoint down for a while, then back). `handshake_failures`: TLS handshakes the client broke
     off (a certificate it refused)."""
@@ -81,8 +82,8 @@ class Receiver:
                 elif mode == "redirect":
                     location = receiver.redirect_to or f"{receiver.origin}/elsewhere"
                     self._answer(receiver.redirect_status, location=location)
-                elif mode == "trickle":
-                    self._trickle()
+                elif mode in ("trickle", "trickle_body"):
+                    self._trickle(body=mode == "trickle_body")
                 else:
                     self._answer(204)
 
@@ -96,12 +97,20 @@ class Receiver:
                 except OSError:
                     pass  # the client gave up (a timeout)
 
-            def _trickle(self) -> None:
-                padding = max(0, receiver.trickle_bytes - 40)
-                answer = f"HTTP/1.1 200 OK\r\nX-Padding: {'x' * padding}\r\nContent-Length: 0\r\n\r\n"
-                outcome = "finished"
+            def _trickle(self, *, body: bool) -> None:
+                if body:  # the status line and headers at once, then the body byte by byte
+                    head = f"HTTP/1.1 200 OK\r\nContent-Length: {receiver.trickle_bytes}\r\n\r\n"
+                    answer, at_once = head + "x" * receiver.trickle_bytes, len(head)
+                else:
+                    padding = "x" * max(0, receiver.trickle_bytes - 40)
+                    answer, at_once = (
+                        f"HTTP/1.1 200 OK\r\nX-Padding: {padding}\r\nContent-Length: 0\r\n\r\n",
+                        0,
+                    )
+                raw, outcome = answer.encode(), "finished"
                 try:
-                    for byte in answer.encode():
+                    self.wfile.write(raw[:at_once])
+                    for byte in raw[at_once:]:
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
                         time.sleep(receiver.trickle_s)

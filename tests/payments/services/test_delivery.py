@@ -328,3 +328,15 @@ def test_an_endpoint_trickling_its_answer_is_cut_at_the_requests_deadline(
     assert row.status == EventDelivery.Status.PENDING and row.last_error == expected
     assert attempt_of(endpoint).error == expected and attempt_of(endpoint).http_status is None
     assert delivery.request_deadline_s() < delivery.lease_s()
+
+
+def test_a_2xx_whose_body_trickles_is_a_success_cut_at_the_deadline(receiver: Receiver) -> None:
+    """The status line is the answer: the body cut short at the bound changes nothing (sending the
+    event again would only make the endpoint receive it twice)."""
+    receiver.mode = "trickle_body"
+    endpoint = hook(receiver.url)
+    charge("tok_visa")
+    (result,) = drain()
+    assert wait_for(receiver.trickled) == ["cut"]
+    assert result.outcome == ActionOutcome.SUCCEEDED, result
+    assert (attempt_of(endpoint).http_status, attempt_of(endpoint).error) == (200, "")
