@@ -1,5 +1,6 @@
 """Certificates for a TLS test server, made with `cryptography`: a throwaway CA and a leaf it
-signed for 127.0.0.1 (an IP subjectAltName, so hostname checking passes on loopback).
+signed for 127.0.0.1 (an IP subjectAltName, so hostname checking passes on loopback), or for
+another address.
 
 A second `TestCA` is a CA the client does not trust: a server with its leaf must be refused.
 """
@@ -39,7 +40,8 @@ class TestCA:
     __test__ = False  # not a test class, whatever pytest makes of its name
 
     @classmethod
-    def make(cls, directory: Path, name: str = "paymentsite test CA") -> TestCA:
+    def make(cls, directory: Path, name: str = "paymentsite test CA", *, leaf_ip: str = LOOPBACK) -> TestCA:
+        """`leaf_ip`: the address the leaf names (another than 127.0.0.1: a host name mismatch)."""
         now = datetime.now(UTC)
         ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
         ca = (
@@ -59,7 +61,7 @@ class TestCA:
         )
         leaf = (
             x509.CertificateBuilder()
-            .subject_name(_name(LOOPBACK))
+            .subject_name(_name(leaf_ip))
             .issuer_name(ca.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -67,7 +69,7 @@ class TestCA:
             .not_valid_after(now + timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LOOPBACK))]), critical=False
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(leaf_ip))]), critical=False
             )
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -275,27 +276,34 @@ def test_https_is_verified_against_events_ca_bundle_and_arrives_signed(
     assert (attempt_of(endpoint).http_status, attempt_of(endpoint).error) == (204, "")
 
 
-@pytest.mark.parametrize("bundle", ["ours", "default"])
+@pytest.mark.parametrize("case", ["another-ca", "default-bundle", "another-host"])
 def test_a_certificate_not_trusted_fails_the_delivery_retryably_with_its_reason(
-    test_ca: TestCA, untrusted_ca: TestCA, settings: Any, bundle: str
+    test_ca: TestCA, untrusted_ca: TestCA, tmp_path: Path, settings: Any, case: str
 ) -> None:
-    """ "ours": EVENTS_CA_BUNDLE trusts another CA than the server's; "default": unset, the
-    bundle production uses (certifi's) does not trust a test CA either."""
-    settings.EVENTS_CA_BUNDLE = str(test_ca.ca_pem) if bundle == "ours" else None
-    server = untrusted_ca if bundle == "ours" else test_ca
+    """The server's leaf is signed by a CA EVENTS_CA_BUNDLE does not hold; or by the test CA with
+    EVENTS_CA_BUNDLE unset (the bundle production uses, certifi's, trusts no test CA); or by a
+    trusted CA, for another address than the one connected to (127.0.0.2)."""
+    other_host = TestCA.make(tmp_path, leaf_ip="127.0.0.2")
+    server, bundle, reason = {
+        "another-ca": (untrusted_ca, test_ca.ca_pem, "CERTIFICATE_VERIFY_FAILED"),
+        "default-bundle": (test_ca, None, "CERTIFICATE_VERIFY_FAILED"),
+        "another-host": (other_host, other_host.ca_pem, "hostname '127.0.0.1' doesn't match '127.0.0.2'"),
+    }[case]
+    settings.EVENTS_CA_BUNDLE = str(bundle) if bundle else None
     with Receiver(tls=server.server_context()) as tls_receiver:
         endpoint = hook(tls_receiver.url)
         charge("tok_visa")
         (result,) = drain()
     assert tls_receiver.requests == [], "nothing sent to a server not verified"
-    assert tls_receiver.handshake_failures, "the client broke the handshake off"
     assert result.outcome == ActionOutcome.FAILED
     row = endpoint.deliveries.get()
     assert row.status == EventDelivery.Status.PENDING and row.next_attempt_at is not None, "tried again"
     attempt = row.attempt_log.get()
     assert attempt.http_status is None
-    assert attempt.error.startswith("SSLError") and "CERTIFICATE_VERIFY_FAILED" in attempt.error
+    assert attempt.error.startswith("SSLError: ") and reason in attempt.error, attempt.error
     assert row.last_error == attempt.error
+    if case != "another-host":  # the chain is refused in the handshake; a host name after it
+        assert tls_receiver.handshake_failures, "the client broke the handshake off"
 
 
 def wait_for(items: list[str]) -> list[str]:
