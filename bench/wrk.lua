@@ -1,10 +1,14 @@
--- make bench's requests for wrk (bench/wrk.py runs it): `wrk -s bench/wrk.lua URL -- MODE RUN TOKEN RATE`.
---   MODE  charge: POST /api/v1/charges, each with a unique Idempotency-Key (RUN-thread-number)
---         get:    GET of wrk's URL path with the Authorization header (a charge, /health/live)
---   RATE  0: closed loop (each connection sends its next request when the answer comes);
---         N > 0: open loop, N requests per second in all, on a schedule (see delay()).
+-- make bench's requests for wrk (bench/wrk.py runs it):
+--   `wrk -s bench/wrk.lua URL -- MODE RUN TOKEN RATE THREADS [SOURCE]`.
+--   MODE    charge: POST /api/v1/charges, each with a unique Idempotency-Key (RUN-thread-number)
+--           get:    GET of wrk's URL path with the Authorization header (a charge, /health/live)
+--   RATE    0: closed loop (each connection sends its next request when the answer comes);
+--           N > 0: open loop, N requests per second in all, on a schedule (see delay()).
+--   SOURCE  the charges' card token (default tok_visa; tok_timeout hangs at the fake provider).
 -- done() prints one line "WRK_JSON {...}": requests, duration, latency percentiles (µs),
--- wrk's own errors, the count per HTTP status, and for an open loop the late sends.
+-- wrk's own errors, the count per HTTP status, and for an open loop the late sends; the count
+-- per error code of the answers >= 400 (the body's first "code") and, per code, how long after
+-- the start its first answer came (ms, the earliest over the threads).
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -26,14 +30,16 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local body = '{"amount": 1999, "currency": "USD", "source": "tok_visa", "description": "bench"}'
-
 function init(args)
   mode, run, token = args[1], args[2], args[3]
   local rate = tonumber(args[4] or "0")
   local thread_count = tonumber(args[5] or "1")
+  local source = args[6] or "tok_visa"
+  body = '{"amount": 1999, "currency": "USD", "source": "' .. source .. '", "description": "bench"}'
   counter = 0
   statuses = {}
+  codes, first_code_ms = {}, {}
+  started_ms = now_ms()
   late, late_max_ms = 0, 0
   headers = { ["Authorization"] = "Token " .. token }
   if mode == "charge" then
@@ -74,6 +80,13 @@ end
 
 function response(status, response_headers, response_body)
   statuses[status] = (statuses[status] or 0) + 1
+  if status >= 400 then
+    local code = string.match(response_body or "", '"code"%s*:%s*"([%w_]+)"') or "none"
+    codes[code] = (codes[code] or 0) + 1
+    if first_code_ms[code] == nil then
+      first_code_ms[code] = now_ms() - started_ms
+    end
+  end
 end
 
 local function json_object(entries)
@@ -86,9 +99,16 @@ end
 
 function done(summary, latency, requests)
   local by_status, late_sends, worst_late_ms = {}, 0, 0
+  local by_code, first_ms = {}, {}
   for _, thread in ipairs(threads) do
     for status, count in pairs(thread:get("statuses")) do
       by_status[status] = (by_status[status] or 0) + count
+    end
+    for code, count in pairs(thread:get("codes")) do
+      by_code[code] = (by_code[code] or 0) + count
+    end
+    for code, ms in pairs(thread:get("first_code_ms")) do
+      first_ms[code] = math.min(first_ms[code] or ms, ms)
     end
     late_sends = late_sends + thread:get("late")
     worst_late_ms = math.max(worst_late_ms, thread:get("late_max_ms"))
@@ -109,5 +129,7 @@ function done(summary, latency, requests)
     late_sends = late_sends,
     late_max_ms = worst_late_ms,
     statuses = json_object(by_status),
+    codes = json_object(by_code),
+    first_code_ms = json_object(first_ms),
   }), "\n")
 end

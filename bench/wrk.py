@@ -35,6 +35,8 @@ class WrkResult:
     late_sends: int
     late_max_ms: float
     client_cpu_s: float
+    codes: dict[str, int] = field(default_factory=dict)  # answers >= 400 by the body's error code
+    first_code_ms: dict[str, float] = field(default_factory=dict)  # each code's first answer, since the start
     raw: dict = field(default_factory=dict, repr=False)
 
     def count(self, *statuses: int) -> int:
@@ -63,8 +65,12 @@ def run_wrk(
     duration_s: float,
     rate_per_s: float = 0.0,
     threads: int = THREADS,
+    source: str = "tok_visa",
 ) -> WrkResult:
-    """`wrk` for `duration_s` against `url` (its path is the GET's; charges POST /api/v1/charges)."""
+    """`wrk` for `duration_s` against `url` (its path is the GET's; charges POST /api/v1/charges
+    with the card token `source`).
+
+    Two runs may overlap (from two threads); `client_cpu_s` is then both wrks' (rusage of children)."""
     if not available():
         raise SystemExit("make bench needs wrk: apt-get install wrk (scripts/bootstrap.sh --dev installs it)")
     threads = max(1, min(threads, connections))
@@ -82,6 +88,7 @@ def run_wrk(
         token,
         str(rate_per_s),
         str(threads),
+        source,
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + TIMEOUT_S + 30)
@@ -104,5 +111,7 @@ def run_wrk(
         late_sends=int(raw["late_sends"]),
         late_max_ms=float(raw["late_max_ms"]),
         client_cpu_s=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        codes={str(code): int(count) for code, count in raw.get("codes", {}).items()},
+        first_code_ms={str(code): float(ms) for code, ms in raw.get("first_code_ms", {}).items()},
         raw=raw,
     )
