@@ -5,12 +5,12 @@
 
 Starts the fake provider (100 ms latency) and, per scenario, gunicorn with the shipped
 config. Load comes from wrk (bench/wrk.py) for the service-against-floor scenarios
-(bench/versus_floor.py), which run on a MariaDB instance of their own, as the
-database-restart scenario does; the other drills (killed worker, provider hang) use the
-database `paymentsite_bench` in the MariaDB at BENCH_DB_HOST:BENCH_DB_PORT (127.0.0.1:3306,
-root, no password by default; the database is dropped and recreated) and bench/load.py's
-threaded clients, which tag each request. Prints the table and writes it, with the command,
-machine and date, to the output file.
+(bench/versus_floor.py) and for the provider hang and the spike (bench/incident.py), which
+run on MariaDB instances of their own, as the database-restart scenario does; the other
+drill (killed worker) uses the database `paymentsite_bench` in the MariaDB at
+BENCH_DB_HOST:BENCH_DB_PORT (127.0.0.1:3306, root, no password by default; the database is
+dropped and recreated) and bench/load.py's threaded clients, which tag each request. Prints
+the table and writes it, with the command, machine and date, to the output file.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import MySQLdb
 
-from bench import profile, scenarios, wrk
+from bench import incident, profile, scenarios, wrk
 from bench.infra import ROOT, FakeProviderProcess, manage, mysql_url, recreate_database, service_env
 from bench.scenarios import Bench, Durations, Figures
 from bench.versus_floor import (
@@ -47,7 +47,6 @@ from bench.versus_floor import (
 DATABASE_NAME = "paymentsite_bench"
 PROVIDER_LATENCY_MS = 100
 CONCURRENCY = 32
-HEALTH_P99_AIM_MS = 50
 
 
 def median_figures(runs: list[Figures]) -> Figures:
@@ -166,19 +165,7 @@ def table(results: dict[str, Figures]) -> str:
             f"| 0 × 503, ≥ 0.90 of CPU-bound "
             f"| {_yes(small['status_503'] == 0 and small['cpu_bound_ratio'] >= 0.9)} |"
         )
-    hang = results.get("hang")
-    if hang:
-        rows.append(
-            f"| Provider hang (every charge `tok_timeout`) "
-            f"| breaker open after {_n(hang['breaker_open_s'], 1)} s; "
-            f"{_n(hang['rejected'])} charges rejected (503 circuit_open), "
-            f"p99 {_n(hang['rejected_p99_ms'], 1)} ms; {_n(hang['timed_out'])} timed out; "
-            f"`/health/` p50 {_n(hang['health_p50_ms'], 1)} ms, **p99 {_n(hang['health_p99_ms'], 1)} ms**, "
-            f"max {_n(hang['health_max_ms'])} ms; timed-out charges found succeeded by reconcile_payments: "
-            f"{_n(hang['timed_out_settled_succeeded'])}/{_n(hang['timed_out'])} "
-            f"| health p99 < {HEALTH_P99_AIM_MS} ms "
-            f"| {_yes(hang['health_p99_ms'] < HEALTH_P99_AIM_MS)} |"
-        )
+    rows.extend(incident.table_rows(results, _n, _yes))
     restart = results.get("restart")
     if restart:
         agrees = restart["lost"] == 0 and restart["succeeded_not_charged"] == 0
@@ -274,7 +261,7 @@ def report(
     )
 
 
-SCENARIO_ORDER = ("floor", "small_pool", "killed", "hang", "restart")
+SCENARIO_ORDER = ("floor", "small_pool", "killed", "hang", "spike", "restart")
 
 
 @dataclass(frozen=True)
@@ -300,7 +287,8 @@ def run_once(bench: Bench, only: set[str], options: Options) -> dict[str, Figure
             ),
         ),
         ("killed", lambda: results.update(killed=scenarios.killed_worker(bench))),
-        ("hang", lambda: results.update(hang=scenarios.provider_hang(bench))),
+        ("hang", lambda: results.update(incident.incident(bench, quick=options.quick, spike=False))),
+        ("spike", lambda: results.update(incident.incident(bench, quick=options.quick, hang=False))),
         ("restart", lambda: results.update(restart=scenarios.database_restart(bench))),
     ]
     for name, step in steps:

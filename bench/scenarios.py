@@ -1,8 +1,9 @@
 """The benchmark's scenarios. Each one runs against its own gunicorn and returns its figures.
 
 Figures are plain numbers keyed by name; bench/run.py takes their medians over runs
-and renders the table. The service against the raw floor is bench/versus_floor.py; the
-drills here use bench/load.py's clients, which tag every request to check it afterwards.
+and renders the table. The service against the raw floor is bench/versus_floor.py, the
+provider hang and the spike bench/incident.py (both with wrk); the drills here use
+bench/load.py's clients, which tag every request to check it afterwards.
 """
 
 from __future__ import annotations
@@ -26,25 +27,23 @@ from bench.infra import (
     reconcile,
     service_env,
 )
-from bench.load import Connection, Request, Sample, percentile, poll, run_load
+from bench.load import Connection, Request, Sample, run_load
 
 Figures = dict[str, float | str]  # numbers get medians over runs; text is shown as seen
 
 CHARGES_PATH = "/api/v1/charges"
 WARM_UP_S = 2.0
-HEALTH_POLL_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
 class Durations:
-    hang_s: float
     restart_load_s: float
 
     @classmethod
     def for_mode(cls, *, quick: bool) -> Durations:
         if quick:
-            return cls(hang_s=15, restart_load_s=8)
-        return cls(hang_s=25, restart_load_s=12)
+            return cls(restart_load_s=8)
+        return cls(restart_load_s=12)
 
 
 @dataclass
@@ -140,61 +139,6 @@ class CpuMeter:
         busy1, total1 = machine_busy_seconds()
         busy0, total0 = self._machine0
         self.machine_busy_fraction = (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
-
-
-def provider_hang(bench: Bench) -> Figures:
-    """Every charge hangs at the provider (tok_timeout). Clients pace themselves to C / latency."""
-    with bench.gunicorn("hang") as server:
-        bench.warm_up(server)
-        stop = threading.Event()
-        health: list[Sample] = []
-        origin = time.monotonic()
-        prober = threading.Thread(
-            target=lambda: health.extend(
-                poll(
-                    base_url=server.url,
-                    request=Request("GET", "/health/"),
-                    interval_s=HEALTH_POLL_INTERVAL_S,
-                    stop=stop,
-                    origin=origin,
-                )
-            )
-        )
-        prober.start()
-        try:
-            charges = run_load(
-                base_url=server.url,
-                make_request=bench.charges("hang", source="tok_timeout"),
-                concurrency=bench.concurrency,
-                max_requests=bench.max_charges(bench.durations.hang_s),
-                max_duration_s=bench.durations.hang_s,
-                pace_s=bench.latency_s,
-            )
-        finally:
-            stop.set()
-            prober.join()
-    rejected = [
-        s for s in charges.with_status(503) if (s.json() or {}).get("error", {}).get("code") == "circuit_open"
-    ]
-    health_ms = [s.latency_s * 1000 for s in health if s.status]
-    timed_out = charges.with_status(504, 502)
-    # The timed-out charges were made by the provider: reconciliation must find every one.
-    summary = reconcile(env=bench.env(), after_s=1)
-    keys = [s.request.tag for s in timed_out]
-    settled = _statuses_by_key(bench, keys)
-    return {
-        "breaker_open_s": min((s.ended_s for s in rejected), default=float("nan")),
-        "rejected": len(rejected),
-        "rejected_p99_ms": percentile([s.latency_s * 1000 for s in rejected], 0.99),
-        "timed_out": len(timed_out),
-        "other_statuses": len(charges.samples) - len(rejected) - len(timed_out),
-        "health_p50_ms": percentile(health_ms, 0.50),
-        "health_p99_ms": percentile(health_ms, 0.99),
-        "health_max_ms": max(health_ms, default=float("nan")),
-        "health_failed": sum(1 for s in health if s.status not in (200,)),
-        "reconciled": summary["total"],
-        "timed_out_settled_succeeded": sum(1 for key in keys if settled.get(key) == "succeeded"),
-    }
 
 
 def _in_list(keys: list[str]) -> str:
