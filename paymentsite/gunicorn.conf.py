@@ -20,8 +20,9 @@ DB_ACQUIRE_TIMEOUT, then gets 503 database_busy with Retry-After.
 
 Threads beyond PAYMENT_MAX_CONCURRENT_CALLS (32 against 24 by default) are
 kept for everything else: while the provider hangs, at most that many threads
-wait on it and later charges get 503 provider_busy at once, so /health/, the
-admin and replays still find a free thread (measured: see README, Performance).
+wait on it and later charges wait PAYMENT_SLOT_WAIT_MS for a slot, then get 503
+provider_busy, so /health/, the admin and replays still find a free thread, as
+long as the charges waiting for a slot leave one (measured: README, Performance).
 
 preload_app stays False: the pools, the provider probe and credentials threads, the Prometheus
 files and watchtower's sender thread must be created in each worker after the
