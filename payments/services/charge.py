@@ -75,6 +75,14 @@ class ChargeRequest:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class _KeyUsed(Exception):
+    """The idempotency key is already a payment's: it is resumed, needing no provider slot."""
+
+    def __init__(self, row: Transaction) -> None:
+        super().__init__(f"the key is payment {row.pk}'s")
+        self.row = row
+
+
 def charge_create(
     *, client: AbstractBaseUser, request: ChargeRequest, idempotency_key: str | None
 ) -> Charged:
@@ -82,44 +90,67 @@ def charge_create(
 
     With an idempotency key, a completed charge is replayed, a failed or unknown one is sent
     again with the same provider key (the provider charges a key at most once), and one in
-    flight is a conflict.
+    flight is a conflict. The row is inserted first: the key's unique constraint finds a key
+    already used, which is looked up only then, or when the provider cannot take a call now
+    (a replay waits for no provider slot and is answered while the breaker is open).
     """
-    if idempotency_key is not None:
-        existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key)
-        if existing is not None:
-            return _resume(existing, request.fingerprint())
-    with provider_call_slot():
-        failpoints.hit("charge.before_insert")
-        txn = _insert_pending(client=client, request=request, idempotency_key=idempotency_key)
-        if txn is not None:
-            return _call_provider_and_settle(txn, previous=None)
-    # Another request with the same key inserted first.
-    existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key or "")
-    if existing is None:
-        raise RequestInProgress()
-    return _resume(existing, request.fingerprint())
+    fingerprint = request.fingerprint()
+    try:
+        return _charge_new(
+            client=client, request=request, idempotency_key=idempotency_key, fingerprint=fingerprint
+        )
+    except _KeyUsed as used:
+        return _resume(used.row, fingerprint)
+
+
+def _charge_new(
+    *, client: AbstractBaseUser, request: ChargeRequest, idempotency_key: str | None, fingerprint: str
+) -> Charged:
+    def raise_if_used() -> None:
+        if idempotency_key is not None:
+            existing = selectors.transaction_for_key(client=client, idempotency_key=idempotency_key)
+            if existing is not None:
+                raise _KeyUsed(existing)
+
+    txn = None
+    try:
+        with provider_call_slot(before_waiting=raise_if_used):
+            failpoints.hit("charge.before_insert")
+            txn = _insert_pending(
+                client=client, request=request, idempotency_key=idempotency_key, fingerprint=fingerprint
+            )
+            if txn is not None:
+                return _call_provider_and_settle(txn, previous=None)
+    except ProviderUnavailable:
+        if txn is None:  # the slot refused before anything was written
+            raise_if_used()
+        raise
+    raise_if_used()  # Another request with the same key inserted first.
+    raise RequestInProgress()
 
 
 def _insert_pending(
-    *, client: AbstractBaseUser, request: ChargeRequest, idempotency_key: str | None
+    *, client: AbstractBaseUser, request: ChargeRequest, idempotency_key: str | None, fingerprint: str
 ) -> Transaction | None:
-    """The pending row, committed before the provider is called; None if the key is taken."""
+    """The pending row, committed before the provider is called; None if the key is taken.
+
+    One INSERT in autocommit: the database commits it, with no transaction block around it
+    (which would add two SET autocommit and a COMMIT)."""
     try:
-        with transaction.atomic():
-            return Transaction.objects.create(
-                client=client,
-                amount=request.amount,
-                currency=request.currency,
-                source=request.source,
-                source_masked=mask_source(request.source),
-                description=request.description,
-                metadata=request.metadata,
-                idempotency_key=idempotency_key,
-                request_fingerprint=request.fingerprint(),
-                status=Status.PENDING,
-                claim_token=uuid.uuid4().hex,
-                last_request_id=current_request_id() or "",
-            )  # charge_started_at and claimed_at: the database's clock (db_default)
+        return Transaction.objects.create(
+            client=client,
+            amount=request.amount,
+            currency=request.currency,
+            source=request.source,
+            source_masked=mask_source(request.source),
+            description=request.description,
+            metadata=request.metadata,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            status=Status.PENDING,
+            claim_token=uuid.uuid4().hex,
+            last_request_id=current_request_id() or "",
+        )  # charge_started_at and claimed_at: the database's clock (db_default)
     except IntegrityError:
         if idempotency_key is None:
             raise
@@ -180,7 +211,7 @@ def _call_provider_and_settle(txn: Transaction, *, previous: Transaction | None)
             raise ProviderUnavailable(code="provider_misconfigured", retry_after_s=60)
         raise ProviderUnavailable(code=result.code, retry_after_s=max(1, result.retry_after_s))
     try:
-        settled = settle_with_retry(claimed=txn, result=result, by=CLIENT)
+        settled = settle_with_retry(claimed=txn, result=result, by=CLIENT, inserted=previous is None)
     except Fenced as exc:
         # Another request took the row over after the window: its answer is the truth.
         return raise_for_status(exc.row)

@@ -9,10 +9,10 @@ path, support actions, the batch commands) comes through here.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -24,20 +24,16 @@ from core.db import release_db_connection
 from core.events import log_event
 from payments import failpoints, provider, selectors, transitions
 from payments.errors import PaymentError, ProviderUnavailable
-from payments.models import PaymentAttempt, Transaction
+from payments.models import PaymentAttempt, Refund, Transaction
 from payments.provider import Outcome, ProviderResult
 from payments.services import client_events
+from payments.services.answers import answer_event, apply_answer
 from payments.transitions import Actor, Event
 
 logger = logging.getLogger("payments.services")  # one logger name for all the services, as before the split
 
 Status = Transaction.Status
 T = TypeVar("T")
-
-
-RETRY_BASE_DELAY_S = 60
-
-RETRY_MAX_DELAY_S = 3600
 
 
 def interrupted_fields(txn: Transaction) -> dict[str, Any]:
@@ -58,18 +54,27 @@ def assign(txn: Transaction, fields: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def provider_call_slot(refused: type[PaymentError] = ProviderUnavailable) -> Iterator[None]:
+def provider_call_slot(
+    refused: type[PaymentError] = ProviderUnavailable, *, before_waiting: Callable[[], None] | None = None
+) -> Iterator[None]:
     """Refuse at once, writing nothing, when the provider cannot take the call now (`refused`:
-    the error to raise, a charge's or a refund's).
+    the error to raise, a charge's or a refund's; `before_waiting`: run first when every slot
+    is taken, and what it raises is raised, holding no slot).
 
     Either the breaker is open, or this process already has
     PAYMENT_MAX_CONCURRENT_CALLS requests waiting on the provider (for PAYMENT_SLOT_WAIT_MS,
     with no database connection held, a spike waits for a slot to free): a hanging provider
     must not take every thread, or /health/ and the admin stop answering.
     """
+
+    def give_back() -> None:
+        if before_waiting is not None:
+            before_waiting()
+        release_db_connection()
+
     try:
         slot = provider.get_client().resilience.call_slot(
-            wait_s=settings.PAYMENT_SLOT_WAIT_MS / 1000, before_waiting=release_db_connection
+            wait_s=settings.PAYMENT_SLOT_WAIT_MS / 1000, before_waiting=give_back
         )
         with slot:
             yield
@@ -123,9 +128,11 @@ def retried_on_database_error(write: Callable[[], T]) -> T:
     return write()
 
 
-def settle_with_retry(*, claimed: Transaction, result: ProviderResult, by: Actor) -> Transaction:
+def settle_with_retry(
+    *, claimed: Transaction, result: ProviderResult, by: Actor, inserted: bool = False
+) -> Transaction:
     """settle(), tried again on a database error with a fresh connection each time."""
-    return retried_on_database_error(lambda: settle(claimed=claimed, result=result, by=by))
+    return retried_on_database_error(lambda: settle(claimed=claimed, result=result, by=by, inserted=inserted))
 
 
 class Fenced(Exception):
@@ -166,21 +173,21 @@ def send_charge(txn: Transaction, client: provider.PaymentProvider) -> ProviderR
     )
 
 
-def next_retry_at(txn: Transaction) -> datetime | None:
-    if not transitions.attempts_left(txn):
-        return None
-    delay_s = min(RETRY_MAX_DELAY_S, RETRY_BASE_DELAY_S * 2 ** max(0, txn.attempts - 1))
-    return timezone.now() + timedelta(seconds=delay_s)
-
-
 def record_attempts(
-    *, txn: Transaction | Any, attempts: tuple[provider.Attempt, ...], kind: str, refund: Any = None
+    *,
+    txn: Transaction | Any,
+    attempts: tuple[provider.Attempt, ...],
+    kind: str,
+    refund: Any = None,
+    first_number: int | None = None,
 ) -> None:
     """Append the attempts to the charge's attempt log (`txn`: the charge or its id; `refund`:
-    the refund they were made for, numbered with the charge's own)."""
+    the refund they were made for, numbered with the charge's own; `first_number`: the first
+    one's number when the caller knows it, else counted)."""
     if not attempts:
         return
-    first_number = PaymentAttempt.objects.filter(transaction=txn).count() + 1
+    if first_number is None:
+        first_number = PaymentAttempt.objects.filter(transaction=txn).count() + 1
     PaymentAttempt.objects.bulk_create(
         PaymentAttempt(
             transaction_id=getattr(txn, "pk", txn),
@@ -198,22 +205,9 @@ def record_attempts(
     )
 
 
-def answer_event(txn: Transaction, result: ProviderResult, *, kind: str) -> Event | None:
-    """The event a provider's answer is in the transition table; None: it changes nothing."""
-    if result.mismatch and result.outcome in FINAL_ERROR_TYPES:
-        return Event.MISMATCH  # an answer for another charge says nothing about ours
-    if result.outcome == Outcome.SUCCEEDED:
-        return Event.SUCCEEDED
-    if result.outcome in (Outcome.DECLINED, Outcome.REJECTED):
-        return Event.DECLINED
-    if kind != "charge":
-        return None
-    if result.outcome == Outcome.UNKNOWN or txn.error_type == Transaction.ErrorType.OUTCOME_UNKNOWN:
-        return Event.OUTCOME_UNKNOWN  # this call, or an earlier one, may have charged: unknown is sticky
-    return Event.SEND_FAILED
-
-
-def settle(*, claimed: Transaction, result: ProviderResult, by: Actor, kind: str = "charge") -> Transaction:
+def settle(
+    *, claimed: Transaction, result: ProviderResult, by: Actor, kind: str = "charge", inserted: bool = False
+) -> Transaction:
     """Record the attempts and the outcome in one short transaction, under a row lock.
 
     The rules of payments.outcomes, as the transition table writes them: a definitive answer
@@ -221,75 +215,83 @@ def settle(*, claimed: Transaction, result: ProviderResult, by: Actor, kind: str
     anything else leaves the row unknown if this call or any earlier one may have charged
     (unknown is sticky), failed otherwise. A claim that lost its row (the fence) records only
     the provider's facts, and raises Fenced for anything else, having written nothing.
+
+    `inserted`: `claimed` is the row as the charge path inserted it; while the row still is so,
+    the answer is written without reading it first, else it is read under its lock as always.
     """
     with transaction.atomic():
-        txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
         failpoints.hit("settle")
-        event = answer_event(txn, result, kind=kind)
-        owner = owns(txn, claimed)
-        if not owner and event not in transitions.FACTS:
-            raise fenced(txn, claimed, what=f"its {result.outcome} answer")
-        record_attempts(txn=txn, attempts=result.attempts, kind=kind)
-        previous, before_review = (txn.status, txn.error_code), txn.needs_review
-        # This claim's try counts while no other claim took the row, also when a provider event
-        # settled it during the call (the token is still this claim's).
-        if (
-            kind == "charge"
-            and result.attempts
-            and claimed.claim_token
-            and txn.claim_token == claimed.claim_token
-        ):
-            txn.attempts += 1
-        target = transitions.move(txn.status, event, by=by) if event else None
-        if target in (Status.SUCCEEDED, Status.DECLINED):
-            txn.status, txn.error_type = target, FINAL_ERROR_TYPES[result.outcome]
-            txn.provider_charge_id = result.charge_id
-            txn.error_code = "" if target == Status.SUCCEEDED else result.code
-            txn.error_message = "" if target == Status.SUCCEEDED else result.message
-            txn.source = ""
-            txn.next_retry_at = None
-            txn.review_reason = late_success_reason(*previous) if target == Status.SUCCEEDED else ""
-        elif event == Event.MISMATCH and target == Status.UNKNOWN:
-            txn.status = Status.UNKNOWN
-            txn.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
-            txn.error_code, txn.error_message = "answer_mismatch", result.mismatch[:500]
-            txn.next_retry_at = None
-            txn.review_reason = f"the provider's answer does not match the request: {result.mismatch}"[:200]
-        elif target == Status.UNKNOWN:
-            if txn.error_type != Transaction.ErrorType.OUTCOME_UNKNOWN:
-                txn.error_code, txn.error_message = result.code, result.message
-            txn.status = Status.UNKNOWN
-            txn.error_type = Transaction.ErrorType.OUTCOME_UNKNOWN
-            txn.next_retry_at = None
-        elif target == Status.FAILED:
-            txn.status = Status.FAILED
-            txn.error_type = Transaction.ErrorType.PROVIDER_ERROR
-            txn.error_code, txn.error_message = result.code, result.message
-            txn.next_retry_at = next_retry_at(txn)
-            if txn.next_retry_at is None:
-                txn.review_reason = f"not charged after {txn.attempts} tries"
-        txn.save()
-        client_events.record_charge_change(txn, before_status=previous[0], before_review=before_review)
+        settled = _settle_as_inserted(claimed, result, by=by) if inserted and kind == "charge" else None
+        txn, before_status = settled or _settle_locked(claimed, result, by=by, kind=kind)
     if kind == "charge":
         count_charge(transitions.answer_name(txn))
-    _log_settled(txn, previous[0], result)
+    _log_settled(txn, before_status, result)
     return txn
 
 
-def late_success_reason(status: str, error_code: str) -> str:
-    """Why a success needs a person: the service had told someone it would not be charged."""
-    if status == Status.CANCELED:
-        return "charged after cancel"
-    if status == Status.FAILED and error_code == selectors.NOT_CHARGED_CODE:
-        return "charged after a lookup found no charge"
-    return ""
+def _settle_locked(
+    claimed: Transaction, result: ProviderResult, *, by: Actor, kind: str
+) -> tuple[Transaction, str]:
+    txn = Transaction.objects.select_for_update().get(pk=claimed.pk)
+    event = answer_event(txn, result, kind=kind)
+    if not owns(txn, claimed) and event not in transitions.FACTS:
+        raise fenced(txn, claimed, what=f"its {result.outcome} answer")
+    record_attempts(txn=txn, attempts=result.attempts, kind=kind)
+    before_status, before_review = txn.status, txn.needs_review
+    apply_answer(txn, claimed, result, event=event, by=by, kind=kind)
+    txn.save()
+    client_events.record_charge_change(txn, before_status=before_status, before_review=before_review)
+    return txn, before_status
 
 
-FINAL_ERROR_TYPES = {
-    Outcome.SUCCEEDED: "",
-    Outcome.DECLINED: Transaction.ErrorType.CARD_ERROR,
-    Outcome.REJECTED: Transaction.ErrorType.PROVIDER_REJECTED,
-}
+# What an answer is read against (answer_event, apply_answer) besides the fence (status, token).
+READ_BY_ANSWER = ("attempts", "error_type", "error_code", "review_reason")
+
+
+def _settle_as_inserted(
+    claimed: Transaction, result: ProviderResult, *, by: Actor
+) -> tuple[Transaction, str] | None:
+    """Write the answer to the row the charge path inserted with one conditional UPDATE: it
+    matches only while the row is pending under this claim's token and holds, in every field
+    the answer is read against, what was inserted, and it takes the row lock until commit, as
+    SELECT ... FOR UPDATE would. None, having written nothing: the row changed (a provider
+    event settled it, another process took it over); the caller reads it under its lock.
+
+    No other claim took the row (its token is this one's) and no provider fact moved it (it is
+    pending), so no other process logged an attempt of it, and it was never refunded (a refund
+    needs a succeeded charge, and succeeded is final): the attempts are numbered from 1, and
+    its event shows it with no refunds, without a query."""
+    txn = copy.copy(claimed)
+    apply_answer(txn, claimed, result, event=answer_event(txn, result, kind="charge"), by=by, kind="charge")
+    txn.updated_at = timezone.now()
+    changes = {
+        field.attname: getattr(txn, field.attname)
+        for field in Transaction._meta.concrete_fields
+        if getattr(txn, field.attname) != getattr(claimed, field.attname)
+    }  # what apply_answer set, and updated_at
+    unchanged = {name: getattr(claimed, name) for name in ("status", "claim_token", *READ_BY_ANSWER)}
+    fenced_row = Transaction.objects.filter(pk=claimed.pk, **unchanged)
+    if claimed.status != Status.PENDING or fenced_row.update(**changes) != 1:
+        return None
+    record_attempts(txn=txn, attempts=result.attempts, kind="charge", first_number=1)
+    with _without_refunds(txn):
+        client_events.record_charge_change(
+            txn, before_status=Status.PENDING, before_review=claimed.needs_review
+        )
+    return txn, Status.PENDING
+
+
+@contextlib.contextmanager
+def _without_refunds(txn: Transaction) -> Iterator[None]:
+    """`txn` with no refunds, read with no query, while its event is written (the prefetch cache
+    prefetch_related fills); then taken off: the row returned reads its refunds when shown."""
+    refunds = Refund.objects.none()
+    refunds._result_cache, refunds._prefetch_done = [], True
+    txn._prefetched_objects_cache = {"refunds": refunds}
+    try:
+        yield
+    finally:
+        del txn._prefetched_objects_cache
 
 
 def _log_settled(txn: Transaction, previous_status: str, result: ProviderResult) -> None:
