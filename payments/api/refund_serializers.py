@@ -13,6 +13,7 @@ from payments.api.serializers import (
     DESCRIPTION_SCHEMA,
     DescriptionField,
     ErrorSerializer,
+    FieldsBuiltOnce,
     NextStepSerializer,
     StrictBodySerializer,
     StrictIntegerField,
@@ -48,7 +49,7 @@ class RefundCreateSchema(OpenApiSerializerExtension):
         return {**schema, "properties": properties, "additionalProperties": False}
 
 
-class RefundSerializer(serializers.ModelSerializer):
+class RefundSerializer(FieldsBuiltOnce):
     """A refund as the API shows it; `charge` is the charge's id."""
 
     object = serializers.SerializerMethodField()
