@@ -49,12 +49,14 @@ def transaction_for(request: Request, transaction_id: str) -> Transaction:
         pk = uuid.UUID(transaction_id)
     except ValueError:
         raise NotFound("No such charge.") from None
-    txn = (
+    # One row at most, by its key: no ORDER BY (the list's) and LIMIT to compile and send.
+    rows = (
         selectors.transactions_for_client(client=request.user)
         .prefetch_related("attempt_log", "refunds")
         .filter(pk=pk)
-        .first()
+        .order_by()
     )
+    txn = next(iter(rows), None)
     if txn is None:
         raise NotFound("No such charge.")
     return txn
