@@ -162,10 +162,23 @@ HTTP_REQUEST_SECONDS = Histogram(
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+# Each (route, method, status class)'s two children, looked up once: `.labels()` checks and
+# joins the values and takes the metric's lock on every call. The keys are bounded as the
+# labels are (URL patterns, HTTP_METHODS, status classes); a dict's get and setdefault are
+# atomic under the GIL, and two threads that look a child up at once get the same child.
+_REQUEST_CHILDREN: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+
 def observe_request(*, route: str, method: str, status_code: int, seconds: float) -> None:
     labels = (route, method if method in HTTP_METHODS else "other", f"{status_code // 100}xx")
-    HTTP_REQUESTS.labels(*labels).inc()
-    HTTP_REQUEST_SECONDS.labels(*labels).observe(seconds)
+    children = _REQUEST_CHILDREN.get(labels)
+    if children is None:
+        children = _REQUEST_CHILDREN.setdefault(
+            labels, (HTTP_REQUESTS.labels(*labels), HTTP_REQUEST_SECONDS.labels(*labels))
+        )
+    count, duration = children
+    count.inc()
+    duration.observe(seconds)
 
 
 POOL_GAUGES = {

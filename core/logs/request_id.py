@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
 
 REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_META = "HTTP_X_REQUEST_ID"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 # The caller's credentials, redacted wherever they show up during the request,
@@ -58,11 +59,12 @@ class RequestIdMiddleware:
         request_finished.connect(_forget_request, dispatch_uid="paymentsite.logs.request")
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        supplied = request.headers.get(REQUEST_ID_HEADER, "")
+        # META rather than request.headers, which copies every header into a dict of its own.
+        supplied = request.META.get(REQUEST_ID_META, "")
         request_id = supplied if _VALID_REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
         request.request_id = request_id
         _request_id.set(request_id)
-        authorization = request.headers.get("Authorization", "")
+        authorization = request.META.get("HTTP_AUTHORIZATION", "")
         _request_secrets.set(
             (
                 authorization.partition(" ")[2].strip() or authorization,
