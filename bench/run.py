@@ -3,6 +3,9 @@
     .venv/bin/python -m bench.run [--quick] [--runs N] [--only …] [--open-rate N] [--profile]
                                   [--output bench/results/latest.md]
 
+`--only overhead` runs bench/overhead.py (one GET's CPU in-process, step by step) as a process of
+its own and puts its figures in the table.
+
 Starts the fake provider (100 ms latency) and, per scenario, gunicorn with the shipped
 config. Load comes from wrk (bench/wrk.py) for the service-against-floor scenarios
 (bench/versus_floor.py) and for the provider hang and the spike (bench/incident.py), which
@@ -16,6 +19,7 @@ the table and writes it, with the command, machine and date, to the output file.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -107,6 +111,14 @@ def table(results: dict[str, Figures]) -> str:
             f"({_n(reads['get_throughput_per_s'])} and {_n(reads['live_throughput_per_s'])} req/s; errors "
             f"{_n(reads['get_errors'])} / {_n(reads['live_errors'])}) "
             f"| ≤ 3× | {_yes(reads['get_live_cpu_ratio'] <= 3)} |"
+        )
+    steps = results.get("overhead")
+    if steps:
+        rows.append(
+            f"| In-process CPU of one GET vs `/health/live` (`bench/overhead.py`: one thread, no load) "
+            f"| {_n(steps['get_us'])} µs vs {_n(steps['live_us'])} µs: "
+            f"**{_n(steps['get_live_ratio'], 1)}×**; "
+            f"largest steps: {steps['largest']} | reported | yes |"
         )
     latency, floor_latency = results.get("latency_bound"), results.get("floor_latency_bound")
     if latency:
@@ -261,7 +273,26 @@ def report(
     )
 
 
-SCENARIO_ORDER = ("floor", "small_pool", "killed", "hang", "spike", "restart")
+SCENARIO_ORDER = ("floor", "small_pool", "overhead", "killed", "hang", "spike", "restart")
+
+
+def overhead_figures() -> Figures:
+    """bench/overhead.py in a process of its own (it sets up Django; this process does not)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.overhead", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    steps = sorted([*figures["middleware"], *figures["steps"]], key=lambda step: -step[1])
+    return {
+        "get_us": figures["get_us"],
+        "live_us": figures["live_us"],
+        "get_live_ratio": figures["get_live_ratio"],
+        "largest": "; ".join(f"{name} {us:,.0f} µs" for name, us in steps[:4]),
+    }
 
 
 @dataclass(frozen=True)
@@ -286,6 +317,7 @@ def run_once(bench: Bench, only: set[str], options: Options) -> dict[str, Figure
                 )
             ),
         ),
+        ("overhead", lambda: results.update(overhead=overhead_figures())),
         ("killed", lambda: results.update(killed=scenarios.killed_worker(bench))),
         ("hang", lambda: results.update(incident.incident(bench, quick=options.quick, spike=False))),
         ("spike", lambda: results.update(incident.incident(bench, quick=options.quick, hang=False))),
