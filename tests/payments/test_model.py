@@ -84,10 +84,24 @@ from hypothesis.stateful import (
 )
 
 from fakeprovider import FakeProvider
+from fakeprovider.events import event_body
 from payments import failpoints, provider
 from payments.errors import PaymentError
-from payments.models import ClientEvent, EventDelivery, PaymentAttempt, Refund, Transaction
+from payments.models import (
+    ClientEvent,
+    EventDelivery,
+    PaymentAttempt,
+    ProviderEvent,
+    Refund,
+    Transaction,
+    WebhookEndpoint,
+)
+from payments.services.client_events import EVENT_TYPES as CLIENT_EVENT_TYPES
 from payments.transitions import Actor
+from tests.support.deliveries import Heard, deliver_pass, heard
+from tests.support.events import EVENTS_PATH, OTHER_SECRET, SECRET, post_event
+from tests.support.network import closed_port
+from tests.support.receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -226,6 +240,17 @@ class Report:
 
 
 REPORT = Report()
+EVENT_TYPES = list(CLIENT_EVENT_TYPES)
+
+
+@dataclass
+class Hook:
+    """A client's endpoint in the model: its receiver path, the outbox's events before it was
+    registered (never its), and whether its host is down now."""
+
+    path: str
+    before: set[str]
+    down: bool
 
 
 @dataclass
@@ -257,10 +282,15 @@ class PaymentsMachine(RuleBasedStateMachine):
     live_url: str
     token: str
     provider: FakeProvider
+    user: Any
+    receiver: Receiver
+    down_port: int
 
     def __init__(self) -> None:
         super().__init__()
         PaymentAttempt.objects.all().delete()
+        ProviderEvent.objects.all().delete()
+        WebhookEndpoint.objects.all().delete()  # with its deliveries
         EventDelivery.objects.all().delete()
         ClientEvent.objects.all().delete()  # the outbox's events point at their charges and refunds
         Refund.objects.all().delete()
@@ -273,6 +303,11 @@ class PaymentsMachine(RuleBasedStateMachine):
         # A refund key's first request, (charge id, amount): what a same-key retry sends again.
         self.refund_requests: dict[str, tuple[str, int | None]] = {}
         self.crashing = False
+        # Provider events sent: (body, webhook-id, timestamp, secret; "" unsigned), for duplicates.
+        self.events_sent: list[tuple[dict, str, int, str]] = []
+        self.endpoints: dict[str, Hook] = {}
+        self.heard: list[Heard] = []
+        self.receiver.requests.clear()
         REPORT.runs += 1
 
     # Steps ------------------------------------------------------------------------
@@ -698,6 +733,166 @@ class PaymentsMachine(RuleBasedStateMachine):
         else:
             _run_command("reconcile_refunds")
 
+    # Provider events in, and events out -----------------------------------------------
+
+    def _snapshot(self) -> tuple[dict[str, str], dict[str, str], int]:
+        """Every row's status and the outbox's size: what an event that must change nothing leaves."""
+        charges = {str(pk): s for pk, s in Transaction.objects.values_list("pk", "status")}
+        refunds = {str(pk): s for pk, s in Refund.objects.values_list("pk", "status")}
+        return charges, refunds, ClientEvent.objects.count()
+
+    def _send_event(self, body: dict, *, secret: str = SECRET, age_s: int = 0, signed: bool = True) -> Any:
+        msg_id = f"msg_model_{len(self.events_sent)}"
+        stamp = int(time.time()) - age_s
+        url = self.live_url + EVENTS_PATH
+        if signed:
+            answer = post_event(url, body, msg_id=msg_id, timestamp=stamp, secret=secret)
+        else:
+            answer = requests.post(url, json=body, timeout=10)
+        self.events_sent.append((body, msg_id, stamp, secret if signed else ""))
+        REPORT.answers[f"event {body.get('type')} {answer.status_code}"] += 1
+        return answer
+
+    def _settled_at_provider(self, what: str) -> list[tuple[str, dict, str]]:
+        """What the fake really settled: (kind, its record, its idempotency key), sorted by key."""
+        if what == "charge":
+            return [("charge", c, k) for k, c in sorted(self.provider.ledger().items())]
+        made = _refunds_made(self.provider)
+        return [("refund", r, k) for k, r in sorted(made.items()) if r["status"] in ("succeeded", "failed")]
+
+    @rule(pick=PICK, what=st.sampled_from(["charge", "refund"]))
+    def provider_event_delivered(self, pick: int, what: str) -> None:
+        """(a) The provider's signed event for a charge or refund it settled, to the live server."""
+        REPORT.steps += 1
+        settled = self._settled_at_provider(what)
+        if not settled:
+            return
+        kind, record, key = settled[pick % len(settled)]
+        answer = self._send_event(event_body(kind, record, key, "USD"))
+        assert answer.status_code == 200, answer.content
+        REPORT.faults[f"event:delivered:{kind}"] += 1
+        # I13: the provider's success (or final refusal) is recorded at once, with its id.
+        if kind == "charge":
+            txn = Transaction.objects.get(provider_idempotency_key=key)
+            assert (txn.status, txn.provider_charge_id) == ("succeeded", record["id"]), (
+                f"I13: the provider's charge.succeeded for {txn.pk} left it {txn.status} {answer.json()}"
+            )
+        else:
+            row = Refund.objects.filter(provider_idempotency_key=key).first()
+            if row is not None and record["status"] == "succeeded":
+                assert (row.status, row.provider_refund_id) == ("succeeded", record["id"]), (
+                    f"I13: the provider's refund.succeeded for {row.pk} left it {row.status} {answer.json()}"
+                )
+
+    @precondition(lambda self: self.events_sent)
+    @rule(pick=PICK)
+    def provider_event_duplicated(self, pick: int) -> None:
+        """(b) An event sent before, sent again (at least once, maybe after later changes): the
+        same id and signature. I13: it changes nothing."""
+        REPORT.steps += 1
+        body, msg_id, stamp, secret = self.events_sent[pick % len(self.events_sent)]
+        if secret != SECRET or time.time() - stamp > 240:
+            return  # the first was refused, or the signature would be stale now
+        before = self._snapshot()
+        answer = post_event(self.live_url + EVENTS_PATH, body, msg_id=msg_id, timestamp=stamp, secret=secret)
+        REPORT.faults["event:duplicate"] += 1
+        assert answer.status_code == 200 and answer.json()["duplicate"], answer.content
+        assert self._snapshot() == before, f"I13: a duplicate event {msg_id} changed something"
+
+    @rule(pick=PICK, what=st.sampled_from(["charge", "refund"]))
+    def provider_event_stale(self, pick: int, what: str) -> None:
+        """(c) An older event delivered after a newer state: a charge.declined (a refund.failed)
+        signed two minutes ago, arriving after the row settled succeeded. I14: a final state
+        never moves back, a success is never dropped, no outbox event is written."""
+        REPORT.steps += 1
+        model = Transaction if what == "charge" else Refund
+        rows = model.objects.filter(status="succeeded").order_by("pk")
+        row = rows[pick % rows.count()] if rows.exists() else None
+        if row is None:
+            return
+        provider_id = row.provider_charge_id if what == "charge" else row.provider_refund_id
+        refused = "declined" if what == "charge" else "failed"
+        data = {"idempotency_key": row.provider_idempotency_key, "id": provider_id, "status": refused}
+        body = {"type": f"{what}.{refused}", "data": data | {"amount": row.amount, "currency": "USD"}}
+        before = self._snapshot()
+        answer = self._send_event(body, age_s=120)
+        REPORT.faults[f"event:stale:{what}"] += 1
+        assert answer.status_code == 200, answer.content
+        assert self._snapshot() == before, f"I14: a stale {body['type']} moved {row.pk} ({answer.json()})"
+
+    @rule(
+        pick=PICK,
+        forgery=st.sampled_from(
+            ["bad_signature", "stale_signature", "unsigned", "wrong_amount", "unknown_key"]
+        ),
+    )
+    def provider_event_forged(self, pick: int, forgery: str) -> None:
+        """(d) A success the provider never sent: signed with another secret, ten minutes old,
+        unsigned (401, nothing stored), or signed but not fitting any row (another amount, a key
+        of no row's). I14: no status changes and no outbox event; at most a lookup is asked for."""
+        REPORT.steps += 1
+        ids = sorted(Transaction.objects.values_list("provider_idempotency_key", flat=True))
+        key = ids[pick % len(ids)] if ids and forgery != "unknown_key" else f"never-made-{pick}"
+        amount = 1 if forgery == "wrong_amount" else 1999
+        data = {"idempotency_key": key, "id": f"ch_forged{pick}", "status": "succeeded"}
+        body = {"type": "charge.succeeded", "data": data | {"amount": amount, "currency": "USD"}}
+        before = self._snapshot()
+        answer = self._send_event(
+            body,
+            secret=OTHER_SECRET if forgery == "bad_signature" else SECRET,
+            age_s=600 if forgery == "stale_signature" else 0,
+            signed=forgery != "unsigned",
+        )
+        REPORT.faults[f"event:forged:{forgery}"] += 1
+        expected = 200 if forgery in ("wrong_amount", "unknown_key") else 401
+        assert answer.status_code == expected, answer.content
+        assert self._snapshot() == before, f"I14: a forged event ({forgery}) changed something"
+
+    @precondition(lambda self: len(self.endpoints) < 3)
+    @rule(down=st.booleans())
+    def register_endpoint(self, down: bool) -> None:
+        """(e) The client registers an endpoint on the local receiver, or at an address that is down."""
+        from payments import services
+
+        REPORT.steps += 1
+        path = f"/hooks/ep{len(self.endpoints)}"
+        endpoint = services.endpoint_create(
+            client=self.user, url=self._hook_url(path, down), events=EVENT_TYPES
+        )
+        self.endpoints[str(endpoint.pk)] = Hook(
+            path, set(ClientEvent.objects.values_list("id", flat=True)), down
+        )
+
+    def _hook_url(self, path: str, down: bool) -> str:
+        return f"http://127.0.0.1:{self.down_port if down else self.receiver.port}{path}"
+
+    @precondition(lambda self: self.endpoints)
+    @rule(pick=PICK)
+    def endpoint_up_or_down(self, pick: int) -> None:
+        """An endpoint's host goes down, or comes back (its URL moved, its deliveries go on)."""
+        from payments import services
+
+        REPORT.steps += 1
+        pk = sorted(self.endpoints)[pick % len(self.endpoints)]
+        hook = self.endpoints[pk]
+        hook.down = not hook.down
+        services.endpoint_update(WebhookEndpoint.objects.get(pk=pk), url=self._hook_url(hook.path, hook.down))
+
+    @rule(answer=st.sampled_from(["ok", "ok", "500"]))
+    def deliver(self, answer: str) -> None:
+        """One pass of the delivery loop; the receiver answers 204 or 500 (down ones: no answer)."""
+        REPORT.steps += 1
+        REPORT.faults[f"deliver:{answer}"] += 1
+        self._deliver(answer)
+
+    def _deliver(self, answer: str) -> None:
+        self.receiver.mode = answer
+        first = len(self.receiver.requests)
+        deliver_pass(actor="model")
+        connection.close()
+        self.heard.extend(heard(self.receiver.requests[first:], 204 if answer == "ok" else 500))
+        REPORT.answers[f"deliveries {answer}"] += len(self.receiver.requests) - first
+
     # Invariants ---------------------------------------------------------------------
 
     def _check_answer(self, answer: Answer) -> None:
@@ -758,6 +953,42 @@ class PaymentsMachine(RuleBasedStateMachine):
         for txn_id, succeeded, counted in totals:
             assert (succeeded or 0) <= amounts[txn_id], f"I9: {succeeded} refunded of {txn_id}"
             assert (counted or 0) <= amounts[txn_id], f"I9: {counted} succeeded, pending, unknown of {txn_id}"
+
+    @invariant()
+    def events_out_never_lost_nor_doubled(self) -> None:
+        """I12: per endpoint, every outbox event written since it was registered has one delivery,
+        delivered or still scheduled (none given up); what its receiver heard came in sequence
+        order, signed with its secret, and nothing it answered 2xx came again."""
+        self._check_deliveries(final=False)
+
+    def _check_deliveries(self, *, final: bool) -> None:
+        events = set(ClientEvent.objects.values_list("id", flat=True))
+        for pk, hook in self.endpoints.items():
+            endpoint = WebhookEndpoint.objects.get(pk=pk)
+            rows = list(
+                endpoint.deliveries.order_by("sequence").values_list("event_id", "sequence", "status")
+            )
+            assert sorted(e for e, _, _ in rows) == sorted(events - hook.before), (
+                f"I12: endpoint {hook.path} has deliveries of {sorted(e for e, _, _ in rows)}, "
+                f"the outbox since it was registered {sorted(events - hook.before)}"
+            )
+            sequence = {event_id: seq for event_id, seq, _ in rows}
+            given_up = [e for e, _, status in rows if status == EventDelivery.Status.FAILED]
+            assert not given_up, f"I12: deliveries of {given_up} to {hook.path} given up"
+            if final and not hook.down:
+                pending = [e for e, _, status in rows if status != EventDelivery.Status.SUCCEEDED]
+                assert not pending, f"I12: {hook.path} is up, yet {pending} are not delivered"
+            got = [h for h in self.heard if h.path == hook.path]
+            order = [sequence.get(h.event_id, -1) for h in got]
+            assert order == sorted(order) and -1 not in order, f"I12: {hook.path} heard {order}"
+            answered_2xx = [h.event_id for h in got if h.status == 204]
+            assert len(answered_2xx) == len(set(answered_2xx)), f"I12: {hook.path} got an event twice"
+            delivered = {e for e, _, status in rows if status == EventDelivery.Status.SUCCEEDED}
+            assert delivered == set(answered_2xx), (
+                f"I12: {hook.path} delivered {delivered}, 2xx {answered_2xx}"
+            )
+            for h in got:
+                assert h.request.verified(endpoint.secret)["id"] == h.event_id, f"I12: {h.event_id} unsigned"
 
     def teardown(self) -> None:
         try:
@@ -823,6 +1054,10 @@ class PaymentsMachine(RuleBasedStateMachine):
                     self.provider.settle_refund(refund_key)
         _run_command("reconcile_refunds")
         self._check_refunds_agree()
+        # I12 at quiescence: one more pass, the receiver answering 204: every endpoint that is up
+        # has every event; a down one's are still scheduled.
+        self._deliver("ok")
+        self._check_deliveries(final=True)
 
     def _check_refunds_agree(self) -> None:
         """I8 and I11 at quiescence."""
@@ -903,7 +1138,16 @@ def test_exactly_once_under_injected_faults(
     PaymentsMachine.live_url = live_server.url
     PaymentsMachine.token = api_user_token[1]
     PaymentsMachine.provider = fake_provider
-    _run()
+    PaymentsMachine.user = api_user_token[0]
+    settings.PAYMENT_WEBHOOK_SECRET = (SECRET,)
+    settings.EVENTS_ALLOW_PRIVATE_URLS = True  # the receiver is on loopback
+    settings.EVENTS_TIMEOUT_MS = 300
+    settings.EVENTS_RETRY_BASE_MS = 0  # a failed delivery is due again at once (each pass tries it once)
+    settings.EVENTS_DISABLE_AFTER_FAILURES = 0
+    with Receiver() as receiver:
+        PaymentsMachine.receiver = receiver
+        PaymentsMachine.down_port = closed_port()
+        _run()
     print(
         f"\nmodel: seed={SEED or 'derandomized'} runs={REPORT.runs} steps={REPORT.steps} "
         f"faults={dict(REPORT.faults)} answers={dict(REPORT.answers)} violations=0"
