@@ -42,6 +42,19 @@ its lookups too, paused reconciles and skewed clocks. It checks:
   not refundable or canceled, 422 too large) for a refund the provider made through that try,
   and none of them left a row behind when it named no refund.
 
+Provider events and events out: the provider's signed event for a charge or refund the fake
+settled, posted to the live server's /webhooks/provider; one sent before, sent again (the same
+id and signature); a stale charge.declined / refund.failed after the row succeeded; forged
+successes (another secret, ten minutes old, unsigned, another amount, a key of no row's);
+endpoints on a loopback receiver or a closed port, going down and back, and one pass of the
+delivery loop with the receiver answering 204 or 500. It checks:
+
+- I12 per endpoint, every outbox event written since it was registered has one delivery,
+  delivered or still scheduled (none given up); what it heard came in sequence order, signed
+  with its secret, nothing answered 2xx came again; at quiescence an endpoint up has them all;
+- I13 the provider's event of a success it made is recorded at once; a duplicate changes nothing;
+- I14 a stale or forged event changes no status and writes no outbox event (at most a lookup).
+
 Faults of the process and of time too: a reconcile paused past its claim's window while
 another process takes the row over (it must write nothing but facts), and reconcile runs on a
 host whose clock is 10 s ahead or behind the database's.
