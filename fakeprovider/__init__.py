@@ -76,7 +76,8 @@ for each charge it makes and each refund once succeeded or failed, under `"on": 
 (duplicate, delay, reorder, bad_signature, stale); see fakeprovider/events.py.
 
 Control endpoints (no key needed):
-`GET /_fake/charges` (charges per key), `GET /_fake/ledger` (each charge made, per key),
+`GET /_fake/charges` (charges per key), `GET /_fake/ledger` (each charge made, per key, and when each
+was committed),
 `GET /_fake/refunds` (each refund made, per charge key), `POST /_fake/refunds/settle`
 (`{"refund_key", "status"}`: settle a pending refund now),
 `GET|POST|DELETE /_fake/faults` (pending and applied faults; queue `{"faults": [...]}`; clear),

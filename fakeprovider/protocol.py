@@ -215,6 +215,8 @@ class _KeyState:
     in_progress: bool = False
     # A delayed_commit fault: lookups do not see the charge before this (time.monotonic()).
     visible_at: float = 0.0
+    # When the charge was committed, by the wall clock (time.time()): made, and seen by lookups.
+    committed_at: float | None = None
     result: _Response | None = None
     charge: JsonObject | None = None
 

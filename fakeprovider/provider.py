@@ -181,6 +181,17 @@ class FakeProvider:
         with self._lock:
             return {key: dict(state.charge) for key, state in self._keys.items() if state.charged}
 
+    def committed_at(self) -> dict[str, float]:
+        """When each charge in the ledger was committed (Unix time, the wall clock): made and
+        seen by lookups, so a delayed_commit's delay included. The start of "how long until the
+        client recorded it" (bench/settle_latency.py)."""
+        with self._lock:
+            return {
+                key: state.committed_at
+                for key, state in self._keys.items()
+                if state.charged and state.committed_at is not None
+            }
+
     def refund_ledger(self) -> dict[str, dict[str, JsonObject]]:
         """Each refund made, failed ones included, by charge key and then refund key:
         {id, status, amount, charge, created} (and failure_reason when failed)."""
@@ -497,6 +508,7 @@ class FakeProvider:
                 state.result, state.charge = response, charge
                 delay_ms = self._commit_delays_ms.pop(key, 0)
                 state.visible_at = time.monotonic() + delay_ms / 1000
+                state.committed_at = time.time() + delay_ms / 1000
             state.in_progress = False
         if response.status in FINAL_STATUSES and charge is not None:
             self._emit("charge", dict(charge), key, request.currency)
@@ -637,7 +649,7 @@ class FakeProvider:
 
     def _ledger_answer(self) -> _Response:
         by_key = self.ledger()
-        return _Response(200, {"total": len(by_key), "by_key": by_key})
+        return _Response(200, {"total": len(by_key), "by_key": by_key, "committed_at": self.committed_at()})
 
     def _faults_answer(self, method: str, raw_body: bytes) -> _Response:
         if method == "POST":

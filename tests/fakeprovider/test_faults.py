@@ -144,13 +144,17 @@ def test_delayed_commit_charges_but_lookups_answer_resource_missing_until_it_com
 ) -> None:
     fake.inject({"kind": "delayed_commit", "ms": 300, "key": "key-1"})
 
+    sent_at = time.time()
     answer = post(session, fake, "key-1")
+    answered_at = time.time()
     before = lookup(session, fake, "key-1")
     after = wait_until(lambda: (found := lookup(session, fake, "key-1")).status_code == 200 and found)
 
     assert answer.status_code == 200 and fake.charge_count("key-1") == 1
     assert (before.status_code, before.json()["error"]["code"]) == (404, "resource_missing")
     assert after.json() == answer.json()
+    # Its commit time is when lookups first see it: the delay after the charge was made.
+    assert sent_at + 0.3 <= fake.committed_at()["key-1"] <= answered_at + 0.3
 
 
 def test_delayed_commit_goes_on_under_the_next_fault_for_the_same_request(fake: FakeProvider) -> None:

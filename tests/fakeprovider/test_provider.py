@@ -731,16 +731,21 @@ def test_reset_forgets_pending_and_applied_faults(provider: FakeProvider, sessio
     assert post_charge(session, provider, "key-1", charge_body()).status_code == 200
 
 
-def test_ledger_lists_each_charge_made_with_its_id_amount_currency_and_reference(
+def test_ledger_lists_each_charge_made_with_its_id_amount_currency_reference_and_commit_time(
     provider: FakeProvider, session: requests.Session
 ) -> None:
+    sent_at = time.time()
     paid = post_charge(session, provider, "paid", charge_body(amount=700, reference="tx-7")).json()
+    answered_at = time.time()
     post_charge(session, provider, "paid", charge_body(amount=700, reference="tx-7"))
     post_charge(session, provider, "declined", charge_body("tok_chargeDeclined"))
     post_charge(session, provider, "failed", charge_body("tok_error"))
 
     ledger = session.get(control_url(provider, "/_fake/ledger"), timeout=2).json()
 
-    assert ledger == {"total": 1, "by_key": {"paid": paid}}
+    assert ledger == {"total": 1, "by_key": {"paid": paid}, "committed_at": provider.committed_at()}
     assert (paid["amount"], paid["currency"], paid["reference"]) == (700, "eur", "tx-7")
     assert provider.ledger() == ledger["by_key"]
+    # Committed once, while the first request was being answered; the replay did not move it.
+    assert list(ledger["committed_at"]) == ["paid"]
+    assert sent_at <= ledger["committed_at"]["paid"] <= answered_at
