@@ -146,6 +146,9 @@ class FakeProviderProcess:
     timeout_window_s: float = 60.0
     api_key: str = "sk_test_bench"
     log_path: Path | None = None
+    # Set: the fake posts its signed events there (--events-url), with events_secret (whsec_…).
+    events_url: str | None = None
+    events_secret: str = ""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -172,6 +175,11 @@ class FakeProviderProcess:
                 str(self.latency_ms),
                 "--timeout-window-s",
                 str(self.timeout_window_s),
+                *(
+                    ["--events-url", self.events_url, "--events-secret", self.events_secret]
+                    if self.events_url
+                    else []
+                ),
             ],
             cwd=ROOT,
             stdout=log,

@@ -13,7 +13,9 @@ run on MariaDB instances of their own, as the database-restart scenario does; th
 drill (killed worker) uses the database `paymentsite_bench` in the MariaDB at
 BENCH_DB_HOST:BENCH_DB_PORT (127.0.0.1:3306, root, no password by default; the database is
 dropped and recreated) and bench/load.py's threaded clients, which tag each request. Prints
-the table and writes it, with the command, machine and date, to the output file.
+the table and writes it, with the command, machine and date, to the output file. The
+settle-latency runs (bench/settle_latency.py, `--only settle`) have a database of their own
+there, `paymentsite_settle`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import MySQLdb
 
-from bench import incident, profile, scenarios, wrk
+from bench import incident, profile, scenarios, settle_latency, wrk
 from bench.infra import ROOT, FakeProviderProcess, manage, mysql_url, recreate_database, service_env
 from bench.scenarios import Bench, Durations, Figures
 from bench.versus_floor import (
@@ -202,6 +204,7 @@ def table(results: dict[str, Figures]) -> str:
             f"charged again: {_n(killed['charged_again'])} "
             f"| every pending charge settled correctly | {_yes(settled)} |"
         )
+    rows.extend(settle_latency.table_rows(results))
     return "\n".join(rows)
 
 
@@ -273,7 +276,7 @@ def report(
     )
 
 
-SCENARIO_ORDER = ("floor", "small_pool", "overhead", "killed", "hang", "spike", "restart")
+SCENARIO_ORDER = ("floor", "small_pool", "overhead", "killed", "hang", "spike", "restart", "settle")
 
 
 def overhead_figures() -> Figures:
@@ -323,6 +326,7 @@ def run_once(bench: Bench, only: set[str], options: Options) -> dict[str, Figure
         ("hang", lambda: results.update(incident.incident(bench, quick=options.quick, spike=False))),
         ("spike", lambda: results.update(incident.incident(bench, quick=options.quick, hang=False))),
         ("restart", lambda: results.update(restart=scenarios.database_restart(bench))),
+        ("settle", lambda: results.update(settle_latency.settle_latency(bench, quick=options.quick))),
     ]
     for name, step in steps:
         if name in only:
