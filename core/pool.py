@@ -11,6 +11,20 @@ The hot path (every checkout and checkin) adds no lock of its own: wait samples
 go to a bounded deque, whose append is atomic, and Prometheus counters keep
 their own tiny lock. Only rare events (exhaustion, new or invalidated
 connections) take the monitor's lock.
+
+The same listener sets how a connection is reset when it goes back. SQLAlchemy's
+default rolls back on every checkin: a ROLLBACK per checkout, although a
+connection in autocommit (Django's mode outside an atomic block) has no
+transaction to end. The pool instead rolls back only a connection whose
+autocommit is off, which is every connection Django returns inside an atomic
+block; mysqlclient's get_autocommit() reads the server status flags of the last
+reply, so asking costs no round trip. What it cannot see is a transaction
+opened by an explicit START TRANSACTION under autocommit: nothing here sends one
+(Django's atomic blocks turn autocommit off instead). SQLAlchemy documents the
+`reset` event with reset_on_return=None as the way to replace its reset;
+dj_db_conn_pool does not pass reset_on_return through, hence the attribute is
+set on each new pool. Were that attribute to change, the default ROLLBACK would
+stay, and tests/core/test_pool.py counts the ROLLBACKs.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from typing import Any
 from django.utils import timezone
 from sqlalchemy import event
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import PoolResetState, QueuePool, reset_none
 
 from core import metrics
 from core.db import get_pool, pools
@@ -145,11 +159,23 @@ def _listen(pool: QueuePool, monitor: PoolMonitor) -> None:
         event.listen(pool, event_name, _event_handler(monitor, event_name))
 
 
+def roll_back_unless_autocommit(dbapi_connection: Any, record: Any, reset_state: PoolResetState) -> None:
+    """The pool's `reset` listener: end the transaction of a connection returned inside one."""
+    if reset_state.asyncio_safe and not dbapi_connection.get_autocommit():
+        dbapi_connection.rollback()
+
+
+def _reset_open_transactions_only(pool: QueuePool) -> None:
+    pool._reset_on_return = reset_none
+    event.listen(pool, "reset", roll_back_unless_autocommit)
+
+
 def instrument_new_pools(*args: Any) -> None:
     """Class-level `first_connect` listener: instrument each alias's pool before its first connection.
 
     SQLAlchemy runs `first_connect` once per pool and holds other threads' new
-    connections until it returns, so no connection of the pool goes uncounted.
+    connections until it returns, so no connection of the pool goes uncounted,
+    and none is returned before its reset is set.
     """
     with _monitors_lock:
         for alias, pool in pools():
@@ -157,6 +183,7 @@ def instrument_new_pools(*args: Any) -> None:
                 monitor = PoolMonitor(alias=alias)
                 _time_checkouts(pool, monitor)
                 _listen(pool, monitor)
+                _reset_open_transactions_only(pool)
                 _monitors[pool] = monitor
 
 

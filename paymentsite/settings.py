@@ -126,15 +126,30 @@ DB_LOG_QUERIES = config.bool("DB_LOG_QUERIES", False)
 # DATABASE_URL, or DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD; neither: SQLite.
 _database = config.database(f"sqlite:///{BASE_DIR / 'db.sqlite3'}", debug=DEBUG)
 DATABASE_IS_POOLED = _database["ENGINE"] == "django.db.backends.mysql"
+# Django's MySQL isolation levels. The service runs at Django's default, READ COMMITTED (MariaDB's
+# own is REPEATABLE READ), unless DATABASE_URL's isolation_level names another.
+_ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 if DATABASE_IS_POOLED:
+    # The URL's query options merged with DB_SSL_*: dj_db_conn_pool opens each pooled
+    # connection through Django's MySQL backend, which passes OPTIONS to MySQLdb.connect.
+    _options = config.mysql_options(_database.get("OPTIONS", {}))
+    # Every pool checkout is a Django "connect", which would send SET SESSION TRANSACTION
+    # ISOLATION LEVEL again on a connection that has it: the driver's init_command sets it once
+    # per physical connection instead. mysqlclient runs one init_command, so beside the URL's
+    # own Django still sets the level; an unknown one is left to Django to refuse, as before.
+    _level = str(_options.get("isolation_level", "read committed")).upper()
+    if _level in _ISOLATION_LEVELS and "init_command" not in _options:
+        _options.update(
+            init_command=f"SET SESSION TRANSACTION ISOLATION LEVEL {_level}", isolation_level=None
+        )
+    # Opened in the mode Django puts them in (mysqlclient would turn autocommit off, Django on again).
+    _options["autocommit"] = True
     _database.update(
         ENGINE="dj_db_conn_pool.backends.mysql",
         # The pool owns connections; Django hands its connection back at the end
         # of every request (and the charge path hands it back earlier).
         CONN_MAX_AGE=0,
-        # The URL's query options merged with DB_SSL_*: dj_db_conn_pool opens each pooled
-        # connection through Django's MySQL backend, which passes OPTIONS to MySQLdb.connect.
-        OPTIONS=config.mysql_options(_database.get("OPTIONS", {})),
+        OPTIONS=_options,
         POOL_OPTIONS={
             "POOL_SIZE": DB_CONNECTION_LIMIT,
             "MAX_OVERFLOW": DB_MAX_OVERFLOW,

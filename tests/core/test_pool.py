@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -25,6 +27,39 @@ MARGIN_S = 4.0
 
 def charge(api: APIClient, key: str) -> Any:
     return api.post("/api/v1/charges", CHARGE, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+
+# This session's own counters (MariaDB's), read on the pooled connection itself: the server's
+# global ones count other clients' statements too. COM_PING counts in Com_admin_commands, not Questions.
+SESSION_COUNTERS = ("Questions", "Com_set_option", "Com_rollback", "Com_admin_commands")
+
+
+def session_counters() -> dict[str, int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN (%s, %s, %s, %s)", list(SESSION_COUNTERS))
+        counters = {name: int(value) for name, value in cursor.fetchall()}
+    # The driver knows its server-side id without asking.
+    counters["connection_id"] = connection.connection.driver_connection.thread_id()
+    return counters
+
+
+def sent_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What the connection was sent from one reading to the next, the second reading's SHOW included."""
+    assert after["connection_id"] == before["connection_id"], "the pool handed out the same connection"
+    return {name: after[name] - before[name] for name in SESSION_COUNTERS}
+
+
+@contextlib.contextmanager
+def probe_table() -> Iterator[str]:
+    """An InnoDB table of the test database's own, for rows a transaction writes."""
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS pool_reset_probe")
+        cursor.execute("CREATE TABLE pool_reset_probe (id INT PRIMARY KEY) ENGINE=InnoDB")
+    try:
+        yield "pool_reset_probe"
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE pool_reset_probe")
 
 
 def timed(call: Any) -> tuple[Any, float]:
@@ -122,3 +157,48 @@ def test_connection_killed_on_the_server_is_replaced_by_pre_ping(api: APIClient,
     assert response.status_code == 201
     assert replacement != killed
     assert check(body, "database:pool")["connections_invalidated_total"] >= 1
+
+
+def test_checkout_and_checkin_in_autocommit_send_only_the_pre_ping(transactional_db: None) -> None:
+    with pool_options(POOL_SIZE=1, MAX_OVERFLOW=0, TIMEOUT=ACQUIRE_TIMEOUT_S):
+        before = session_counters()
+        connection.close()  # back to the pool in autocommit, then out again
+        after = session_counters()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT @@SESSION.tx_isolation, @@SESSION.autocommit")
+            isolation, autocommit = cursor.fetchone()
+        connection.close()
+
+    # No ROLLBACK on checkin, no SET on checkout (the isolation level came with the
+    # connection, by init_command): one ping, and the second reading's own SHOW.
+    assert sent_between(before, after) == {
+        "Questions": 1,
+        "Com_set_option": 0,
+        "Com_rollback": 0,
+        "Com_admin_commands": 1,
+    }
+    assert (isolation, autocommit) == ("READ-COMMITTED", 1), "Django's level, on every checkout"
+
+
+def test_connection_returned_inside_a_transaction_is_rolled_back(transactional_db: None) -> None:
+    with pool_options(POOL_SIZE=1, MAX_OVERFLOW=0, TIMEOUT=ACQUIRE_TIMEOUT_S), probe_table() as table:
+        before = session_counters()
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(f"INSERT INTO {table} (id) VALUES (1)")
+            # Back to the pool with the insert uncommitted; Django counts on the database to roll
+            # it back, which a pooled connection, still open, does not do by itself.
+            connection.close()
+        # The pool's only connection, again: had the insert survived, this commit would keep it.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {table} (id) VALUES (2)")
+        after = session_counters()
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT id FROM {table}")
+            rows = [row[0] for row in cursor.fetchall()]
+        connection.close()
+
+    assert rows == [2], "the transaction returned to the pool was rolled back, not committed by the next user"
+    assert sent_between(before, after)["Com_rollback"] == 1, (
+        "one ROLLBACK: the checkin inside the transaction"
+    )

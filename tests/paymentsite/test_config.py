@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -240,6 +241,48 @@ def test_ssl_mode_from_the_url_or_db_ssl_mode_which_wins(
 
     assert config.errors == []
     assert options.get("ssl_mode") == expected_mode
+
+
+@pytest.mark.parametrize(
+    ("url_query", "expected"),
+    [
+        # Once per physical connection, by the driver; Django sends nothing on a pool checkout.
+        (
+            "",
+            {
+                "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                "isolation_level": None,
+            },
+        ),
+        (
+            "?isolation_level=repeatable%20read",
+            {
+                "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                "isolation_level": None,
+            },
+        ),
+        # mysqlclient runs one init_command: the URL's own stays, and Django sets its default
+        # level, READ COMMITTED, on every checkout as before.
+        (
+            "?init_command=SET%20sql_mode%3D%27STRICT_ALL_TABLES%27",
+            {"init_command": "SET sql_mode='STRICT_ALL_TABLES'"},
+        ),
+        # Left to Django, which refuses it on connecting (not interpolated into a statement).
+        ("?isolation_level=snapshot", {"isolation_level": "snapshot"}),
+    ],
+)
+def test_pooled_connections_get_their_isolation_level_once(url_query: str, expected: dict) -> None:
+    result = run_python(
+        "import json; from django.conf import settings; "
+        "print(json.dumps(settings.DATABASES['default']['OPTIONS']))",
+        DJANGO_SETTINGS_MODULE="paymentsite.settings",
+        DATABASE_URL=f"mysql://app@127.0.0.1:3306/payments{url_query}",
+    )
+
+    assert result.returncode == 0, result.stderr
+    options = json.loads(result.stdout)
+    assert {key: options[key] for key in ("init_command", "isolation_level") if key in options} == expected
+    assert options["autocommit"] is True, "opened in the mode Django puts them in"
 
 
 def test_db_parts_build_the_database_settings(monkeypatch: pytest.MonkeyPatch) -> None:
