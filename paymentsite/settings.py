@@ -236,6 +236,9 @@ PAYMENT_MAX_CONCURRENT_CALLS = config.int("PAYMENT_MAX_CONCURRENT_CALLS", 24, mi
 # How long a call that finds every slot taken waits for one before 503 provider_busy (a spike,
 # not a hanging provider: the breaker refuses those at once).
 PAYMENT_SLOT_WAIT_MS = config.int("PAYMENT_SLOT_WAIT_MS", 200, minimum=0, maximum=5000)
+# How many may wait for a slot at once; more get 503 provider_busy at once. Each waiter holds a
+# thread: with the provider hanging, uncapped waiters take the threads kept for /health/.
+PAYMENT_SLOT_WAITERS = config.int("PAYMENT_SLOT_WAITERS", 4, minimum=0, maximum=1000)
 # Shows the fake provider's test cards on the payment page (set by `make run`).
 PAYMENT_FAKE_PROVIDER = config.bool("PAYMENT_FAKE_PROVIDER", False)
 # The provider's events (POST /webhooks/provider): the Standard Webhooks secrets they are signed

@@ -72,6 +72,7 @@ class HttpSettings:
     breaker_failures: int
     breaker_reset_s: int
     max_concurrent_calls: int
+    max_slot_waiters: int | None = None
 
     @property
     def attempt_deadline_s(self) -> float:
@@ -91,6 +92,7 @@ class HttpSettings:
             breaker_failures=settings.PAYMENT_BREAKER_FAILURES,
             breaker_reset_s=settings.PAYMENT_BREAKER_RESET_S,
             max_concurrent_calls=settings.PAYMENT_MAX_CONCURRENT_CALLS,
+            max_slot_waiters=settings.PAYMENT_SLOT_WAITERS,
         )
 
 
@@ -105,6 +107,7 @@ class HttpProvider:
             failure_threshold=client_settings.breaker_failures,
             reset_timeout_s=client_settings.breaker_reset_s,
             max_concurrent_calls=client_settings.max_concurrent_calls,
+            max_slot_waiters=client_settings.max_slot_waiters,
         )
         retry = _RecordingRetry(
             total=client_settings.max_retries,

@@ -156,12 +156,17 @@ class Resilience:
         failure_threshold: int,
         reset_timeout_s: float,
         max_concurrent_calls: int,
+        max_slot_waiters: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`max_slot_waiters`: how many calls may wait for a slot at once (None: any number).
+        Under a hanging provider every slot stays taken, and each waiter holds a thread for its
+        whole wait: uncapped, the waiters take the threads kept for /health/ and the admin."""
         self.breaker = CircuitBreaker(
             failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s, clock=clock
         )
         self._slots = threading.BoundedSemaphore(max_concurrent_calls)
+        self._waiters = None if max_slot_waiters is None else threading.BoundedSemaphore(max_slot_waiters)
 
     def admit(self) -> None:
         """Raise CircuitOpen when a call would be refused now; claims nothing."""
@@ -173,14 +178,20 @@ class Resilience:
     ) -> Iterator[None]:
         """Hold one of the bulkhead's slots. CircuitOpen at once; with every slot taken, wait up
         to `wait_s` for one (calling `before_waiting` first: the caller gives back what it must
-        not hold while it waits, its database connection), then ProviderBusy, holding nothing."""
+        not hold while it waits, its database connection), then ProviderBusy, holding nothing.
+        With `max_slot_waiters` already waiting, ProviderBusy at once."""
         self.admit()
         if not self._slots.acquire(blocking=False):
-            if wait_s <= 0:
+            if wait_s <= 0 or (self._waiters is not None and not self._waiters.acquire(blocking=False)):
                 raise ProviderBusy()
-            if before_waiting is not None:
-                before_waiting()
-            if not self._slots.acquire(timeout=wait_s):
+            try:
+                if before_waiting is not None:
+                    before_waiting()
+                got_slot = self._slots.acquire(timeout=wait_s)
+            finally:
+                if self._waiters is not None:
+                    self._waiters.release()
+            if not got_slot:
                 raise ProviderBusy()
             try:
                 self.admit()  # the breaker may have opened while this call waited

@@ -377,8 +377,14 @@ def test_reset_closes_an_open_breaker_and_keeps_the_count_of_openings(clock: Fak
     breaker.check()
 
 
-def fresh_resilience(clock: FakeClock, *, slots: int = 2) -> Resilience:
-    return Resilience(failure_threshold=2, reset_timeout_s=10, max_concurrent_calls=slots, clock=clock)
+def fresh_resilience(clock: FakeClock, *, slots: int = 2, waiters: int | None = None) -> Resilience:
+    return Resilience(
+        failure_threshold=2,
+        reset_timeout_s=10,
+        max_concurrent_calls=slots,
+        max_slot_waiters=waiters,
+        clock=clock,
+    )
 
 
 def test_guard_counts_an_unwell_answer_and_a_raised_error_as_failures(clock: FakeClock) -> None:
@@ -473,3 +479,49 @@ def test_a_wait_that_ends_without_a_slot_is_busy_and_an_immediate_slot_gives_not
             pass  # wait_s 0: at once, as before
     with resilience.call_slot():
         pass  # the slot is free again
+
+
+def test_with_the_waiters_cap_reached_a_call_is_busy_at_once_and_a_waiter_leaving_frees_its_place(
+    clock: FakeClock,
+) -> None:
+    import threading
+
+    resilience = fresh_resilience(clock, slots=1, waiters=1)
+    holding, waiting, release = threading.Event(), threading.Event(), threading.Event()
+    waiter_result: list[str] = []
+
+    def hold_the_slot() -> None:
+        with resilience.call_slot():
+            holding.set()
+            release.wait(10)
+
+    def wait_for_a_slot() -> None:
+        try:
+            with resilience.call_slot(wait_s=10, before_waiting=waiting.set):
+                waiter_result.append("slot")
+        except ProviderBusy:
+            waiter_result.append("busy")
+
+    holder = threading.Thread(target=hold_the_slot)
+    holder.start()
+    holding.wait(10)
+    waiter = threading.Thread(target=wait_for_a_slot)
+    waiter.start()
+    waiting.wait(10)  # the one waiter's place is taken
+
+    gave_back: list[str] = []
+    with (
+        pytest.raises(ProviderBusy),
+        resilience.call_slot(wait_s=10, before_waiting=lambda: gave_back.append("x")),
+    ):
+        pass
+    assert gave_back == [], "refused without waiting: the waiters' cap was reached"
+
+    release.set()
+    holder.join(10)
+    waiter.join(10)
+    assert waiter_result == ["slot"], "the waiter got the slot the holder freed"
+    assert not holder.is_alive() and not waiter.is_alive()
+    with resilience.call_slot(wait_s=0.01, before_waiting=lambda: gave_back.append("y")):
+        pass  # the slot and the waiter's place are both free again
+    assert gave_back == []
