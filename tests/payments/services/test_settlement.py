@@ -32,8 +32,13 @@ def test_a_new_keyed_charge_reads_no_row_it_wrote(api: APIClient, fake_provider:
     reads = [sql for sql in statements if sql.startswith("SELECT")]
     assert not [sql for sql in reads if "payments_transaction" in sql.split(" WHERE ")[0]], reads
     assert not [sql for sql in reads if "COUNT(" in sql or "FOR UPDATE" in sql], reads
-    updates = [sql for sql in statements if sql.startswith("UPDATE `payments_transaction`")]
-    assert len(updates) == 1 and "`claim_token` = " in updates[0] and "`status` = 'pending'" in updates[0]
+    q = connection.ops.quote_name  # backticks on MariaDB, double quotes on SQLite
+    updates = [sql for sql in statements if sql.startswith(f"UPDATE {q('payments_transaction')}")]
+    assert (
+        len(updates) == 1
+        and f"{q('claim_token')} = " in updates[0]
+        and f"{q('status')} = 'pending'" in updates[0]
+    )
     txn = Transaction.objects.get(pk=response.json()["id"])
     assert (txn.status, txn.attempts, txn.source) == ("succeeded", 1, "")
     assert fake_provider.charge_count(txn.provider_idempotency_key) == 1
