@@ -161,20 +161,3 @@ def run_load(
         elapsed_s=time.monotonic() - started,
         client_cpu_s=time.process_time() - cpu_started,
     )
-
-
-def poll(
-    *, base_url: str, request: Request, interval_s: float, stop: threading.Event, origin: float
-) -> list[Sample]:
-    """Send one request every `interval_s` until `stop` is set (a health prober beside a load)."""
-    connection = Connection(base_url)
-    samples = []
-    try:
-        while not stop.is_set():
-            sent = time.monotonic()
-            status, body = connection.send(request)
-            samples.append(Sample(request, sent - origin, time.monotonic() - sent, status, body))
-            stop.wait(max(0.0, interval_s - (time.monotonic() - sent)))
-    finally:
-        connection.close()
-    return samples
