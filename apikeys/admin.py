@@ -10,14 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import rest_framework.authtoken.admin  # noqa: F401  (registers TokenProxy, replaced below)
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 from rest_framework.authtoken.models import TokenProxy
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as UnusedLibraryAPIKey
 
-from apikeys.models import APIKey
+from apikeys.models import APIKey, active_keys_named
 
 for model in (UnusedLibraryAPIKey, TokenProxy):
     if admin.site.is_registered(model):
@@ -34,8 +36,35 @@ class SuperuserOnly:
     has_add_permission = has_change_permission = has_delete_permission = has_view_permission
 
 
+class APIKeyForm(forms.ModelForm):
+    """Refuses a second active key of one name for a client, as `manage.py issue_api_key` does."""
+
+    class Meta:
+        model = APIKey
+        fields = ("user", "name", "expiry_date", "revoked")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        key = self.instance
+        user = cleaned.get("user", key.user if key.user_id else None)
+        name = cleaned.get("name", key.name)
+        revoked = cleaned.get("revoked", key.revoked)
+        expiry = cleaned.get("expiry_date", key.expiry_date)
+        if user is None or not name or revoked or (expiry is not None and expiry < timezone.now()):
+            return cleaned  # this key will not be active: no other active key conflicts with it
+        others = active_keys_named(user, name, exclude_pk=key.pk)
+        if others:
+            self.add_error(
+                "name",
+                f"API client {user.get_username()!r} already has an active key named {name!r} "
+                f"({others[0].prefix}…): revoke it first, or choose another name.",
+            )
+        return cleaned
+
+
 @admin.register(APIKey)
 class APIKeyAdmin(SuperuserOnly, APIKeyModelAdmin):
+    form = APIKeyForm
     list_display = (
         "prefix",
         "name",

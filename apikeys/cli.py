@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from apikeys import models
 from apikeys.models import APIKey
 
 MAX_EXPIRY_DAYS = 3650
@@ -46,7 +47,7 @@ def new_key_expiry(key_name: str, expires_in_days: int | None) -> datetime | Non
 
 def active_keys_named(user: Any, key_name: str, *, replace: bool) -> list[APIKey]:
     """The client's active keys of this name; refused (one line) when there is one and not `replace`."""
-    same_name = [key for key in APIKey.objects.filter(user=user, name=key_name) if key.state == "active"]
+    same_name = models.active_keys_named(user, key_name)
     if same_name and not replace:
         raise CommandError(
             f"API client {user.get_username()!r} already has an active key named {key_name!r} "

@@ -16,6 +16,7 @@ as the prefix, so the lookup is always "the first 8 characters, then compare the
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -77,3 +78,12 @@ class APIKey(AbstractAPIKey):
         if self.revoked:
             return "revoked"
         return "expired" if self.has_expired else "active"
+
+
+def active_keys_named(user: models.Model, name: str, *, exclude_pk: Any = None) -> list[APIKey]:
+    """The client's active keys of this name (a client holds at most one: the CLI and the admin
+    refuse another)."""
+    same_name = APIKey.objects.filter(user=user, name=name)
+    if exclude_pk is not None:
+        same_name = same_name.exclude(pk=exclude_pk)
+    return [key for key in same_name if key.state == "active"]

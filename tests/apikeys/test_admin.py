@@ -77,3 +77,38 @@ def test_nobody_manages_legacy_plaintext_tokens_in_the_admin(superuser: Client) 
     assert superuser.get("/admin/authtoken/tokenproxy/add/").status_code == 403
     index = superuser.get("/admin/").content.decode()
     assert "API keys" in index and "Tokens" not in index
+
+
+def test_a_second_active_key_of_one_name_is_refused_as_the_cli_refuses_it(superuser: Client) -> None:
+    shop = get_user_model().objects.create_user(username="shop")
+    first, _ = APIKey.objects.issue(shop, "checkout")
+
+    refused = superuser.post(f"{CHANGELIST}add/", {"user": shop.pk, "name": "checkout"})
+
+    assert refused.status_code == 200  # the form again, with the error
+    assert "already has an active key named &#x27;checkout&#x27;" in refused.content.decode()
+    assert APIKey.objects.filter(user=shop).count() == 1
+
+    first.revoke()
+    added = superuser.post(f"{CHANGELIST}add/", {"user": shop.pk, "name": "checkout"})
+    assert added.status_code == 302
+    assert [key.state for key in APIKey.objects.filter(user=shop).order_by("created")] == [
+        "revoked",
+        "active",
+    ]
+
+
+def test_renaming_a_key_onto_a_name_that_has_an_active_key_is_refused(superuser: Client) -> None:
+    shop = get_user_model().objects.create_user(username="shop")
+    old, _ = APIKey.objects.issue(shop, "checkout")
+    old.revoke()
+    APIKey.objects.issue(shop, "checkout")
+
+    # The library makes a revoked key's name, revoked flag and expiry read-only in the admin, so
+    # a revoked key cannot be brought back; renaming another active key is the way left to make two.
+    other, _ = APIKey.objects.issue(shop, "mobile")
+    refused = superuser.post(f"{CHANGELIST}{other.pk}/change/", {"name": "checkout", "revoked": ""})
+
+    assert "already has an active key named" in refused.content.decode()
+    other.refresh_from_db()
+    assert other.name == "mobile"
