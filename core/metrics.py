@@ -26,6 +26,7 @@ every counter and histogram had one, in multiprocess mode none; now both look th
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import threading
@@ -41,7 +42,7 @@ from prometheus_client import (
     disable_created_metrics,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from core.events import log_event
@@ -269,10 +270,36 @@ def start_state_publisher(interval_s: float = STATE_PUBLISH_INTERVAL_S) -> None:
     threading.Thread(target=publish_forever, name="metrics-state-publisher", daemon=True).start()
 
 
+class WorkerFiles(Collector):
+    """Every worker's metric files in `path`, summed as prometheus_client's MultiProcessCollector
+    sums them, less any file still 0 bytes long.
+
+    A worker creates a file the first time it touches a metric of a kind (`open`, then the
+    truncate that sizes it), so for a moment the file exists and is empty; MultiProcessCollector
+    then fails the whole scrape on it (`struct.error`, a 500 for /metrics: prometheus/client_python
+    #1199, open upstream), and for good if the worker dies in that moment. An empty file holds no
+    value yet, so leaving it out loses nothing. Everything else is the library's own merge.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        files = [name for name in glob.glob(os.path.join(self.path, "*.db")) if _has_content(name)]
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+
+
+def _has_content(name: str) -> bool:
+    try:
+        return os.path.getsize(name) > 0
+    except FileNotFoundError:  # a dead worker's live gauge file, removed since the glob
+        return False
+
+
 def scrape_registry() -> CollectorRegistry:
     """The registry /metrics renders: this process's, or every worker's files in multiprocess mode."""
     if not MULTIPROCESS:
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    registry.register(WorkerFiles(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     return registry

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import struct
 import subprocess
 from datetime import timedelta
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 from django.utils import timezone
+from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
@@ -305,3 +308,30 @@ def test_refund_outcome_values_are_the_refund_answers_a_sent_refund_can_end_in()
         a.name for a in outcomes.REFUND_ANSWERS if a.status in ("succeeded", "pending", "unknown", "failed")
     }
     assert set(metrics.REFUND_OUTCOMES) == sent - {"refund_in_progress"}
+
+
+def write_counter(path: Any, pid: int, name: str, value: float) -> None:
+    """A worker's counter file, written by prometheus_client's own mmap writer."""
+    values = MmapedDict(str(path / f"counter_{pid}.db"))
+    values.write_value(mmap_key(name, f"{name}_total", [], [], "help"), value, 0.0)
+    values.close()
+
+
+def total(registry: CollectorRegistry, name: str) -> float:
+    return sum(s.value for f in registry.collect() if f.name == name for s in f.samples)
+
+
+def test_a_worker_file_still_empty_leaves_the_scrape_whole(tmp_path: Any) -> None:
+    """A worker's file exists at 0 bytes between its open and its sizing: the other workers'
+    values are still read, where MultiProcessCollector failed the scrape (client_python#1199)."""
+    write_counter(tmp_path, 101, "paymentsite_example", 3.0)
+    write_counter(tmp_path, 102, "paymentsite_example", 4.0)
+    (tmp_path / "counter_103.db").touch()  # the third worker, between open and truncate
+    (tmp_path / "gauge_livesum_104.db").touch()
+    registry = CollectorRegistry()
+    registry.register(metrics.WorkerFiles(str(tmp_path)))
+    assert total(registry, "paymentsite_example") == 7.0
+    upstream = CollectorRegistry()
+    multiprocess.MultiProcessCollector(upstream, path=str(tmp_path))
+    with pytest.raises(struct.error):  # what a scrape met before (a 500 from /metrics)
+        list(upstream.collect())
