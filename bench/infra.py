@@ -314,7 +314,7 @@ class FloorGunicorn(Gunicorn):
     def command(self) -> list[str]:
         return [
             GUNICORN,
-            "--worker-class=gthread",
+            "--worker-class=paymentsite.gunicorn_worker.ThreadWorker",
             f"--workers={self.workers}",
             f"--threads={self.threads}",
             f"--keep-alive={self.keepalive_s}",

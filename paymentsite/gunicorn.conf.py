@@ -1,8 +1,9 @@
 """gunicorn settings: `gunicorn -c paymentsite/gunicorn.conf.py paymentsite.wsgi`.
 
-Threaded workers (`gthread`): a charge spends most of its time waiting on the
-provider, with no database connection held (payments.services), so threads
-serve many charges per process cheaply.
+Threaded workers (gthread, as paymentsite.gunicorn_worker: a new connection waits
+for its first bytes in the poller, not in a thread): a charge spends most of its
+time waiting on the provider, with no database connection held
+(payments.services), so threads serve many charges per process cheaply.
 
 Database connections. Every worker process has its own pool, so one instance
 opens up to workers x (DB_CONNECTION_LIMIT + DB_MAX_OVERFLOW) connections.
@@ -43,7 +44,7 @@ from paymentsite import settings as app_settings
 
 wsgi_app = "paymentsite.wsgi:application"
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-worker_class = "gthread"
+worker_class = "paymentsite.gunicorn_worker.ThreadWorker"  # gthread, new connections wait in the poller
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 preload_app = False

@@ -37,6 +37,8 @@ import pytest
 from django.conf import settings
 from packaging.requirements import Requirement
 
+from tests.support.gunicorn import free_port
+
 REPO = Path(settings.BASE_DIR)
 BLOCK = re.compile(
     r"^<!-- runnable(?:: (?P<kind>until Ctrl-C|the tests))? -->\n```sh\n(?P<body>.*?)^```$", re.M | re.S
@@ -66,12 +68,6 @@ class Block:
 
 def runnable_blocks(readme: str) -> list[Block]:
     return [Block(match["body"], match["kind"]) for match in BLOCK.finditer(readme)]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def unsatisfied(requirements_file: Path) -> list[str]:

@@ -6,7 +6,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,32 +19,20 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from fakeprovider import FakeProvider
+from tests.support.gunicorn import free_port, gunicorn_command, serving
 from tests.support.health import OPERATOR_TOKEN
 from tests.support.service import TEST_API_KEY, database_url_for_subprocess
 
 WORKERS = 2
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def gunicorn_command() -> list[str]:
-    return [str(Path(sys.executable).with_name("gunicorn")), "-c", "paymentsite/gunicorn.conf.py"]
-
-
 @pytest.fixture
 def gunicorn(transactional_db: None, fake_provider: FakeProvider, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
+    settings = {
         "DATABASE_URL": database_url_for_subprocess(),
         "PAYMENT_SERVICE_URL": fake_provider.url,
         "PAYMENT_API_KEY": TEST_API_KEY,
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": str(WORKERS),
         # Enough for all eight charges to land in one worker.
         "GUNICORN_THREADS": "10",
@@ -54,31 +41,8 @@ def gunicorn(transactional_db: None, fake_provider: FakeProvider, tmp_path: Path
         "LOG_FORMAT": "json",
         "METRICS_TOKEN": OPERATOR_TOKEN,
     }
-    log = (tmp_path / "gunicorn.log").open("wb")
-    process = subprocess.Popen(
-        gunicorn_command(),
-        cwd=django_settings.BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if requests.get(f"{url}/health/live", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.2)
+    with serving(settings, tmp_path / "gunicorn.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        log.close()
 
 
 def scrape(url: str) -> dict[str, Any]:
@@ -194,16 +158,13 @@ CHARGE = {"amount": 500, "currency": "EUR", "source": "tok_visa"}
 
 @contextlib.contextmanager
 def running_gunicorn(fake_provider: FakeProvider, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    env = {
-        **os.environ,
+    settings = {
         "DATABASE_URL": database_url_for_subprocess(),
         "PAYMENT_SERVICE_URL": fake_provider.url,
         "PAYMENT_HEALTH_URL": fake_provider.health_url,
         "PAYMENT_HEALTH_PROBE_S": str(PROBE_S),
         "PAYMENT_API_KEY": TEST_API_KEY,
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": str(VIEW_WORKERS),
         "GUNICORN_THREADS": "10",
         "PAYMENT_MAX_CONCURRENT_CALLS": "8",
@@ -212,26 +173,8 @@ def running_gunicorn(fake_provider: FakeProvider, tmp_path: Path) -> Iterator[tu
         "METRICS_TOKEN": OPERATOR_TOKEN,
     }
     log_path = tmp_path / "gunicorn.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            gunicorn_command(), cwd=django_settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if requests.get(f"{url}/health/live", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert process.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.2)
-            yield url, log_path
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
+    with serving(settings, log_path) as url:
+        yield url, log_path
 
 
 def health_round(url: str) -> list[int]:

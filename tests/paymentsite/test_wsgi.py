@@ -8,7 +8,6 @@ has asked /health/ yet.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,16 +21,11 @@ import requests
 from django.conf import settings
 
 from fakeprovider import FakeProvider
+from tests.support.gunicorn import free_port
 from tests.support.service import TEST_API_KEY, database_url_for_subprocess
 
 START_TIMEOUT_S = 60
 PROBE_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ProbeTarget:
