@@ -53,7 +53,6 @@ class ThreadWorker(gthread.ThreadWorker):
             return
         self.nr_conns += 1
         conn: Any = gthread.TConn(self.cfg, client, address, listener.getsockname())
-        client.setblocking(False)
         # As long as stock gthread gives it: its five-second wait in a thread, then keepalive in the poller.
         conn.timeout = time.monotonic() + gthread.DEFAULT_WORKER_DATA_TIMEOUT + self.cfg.keepalive
         self.pending_conns.append(conn)

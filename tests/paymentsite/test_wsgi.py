@@ -11,17 +11,15 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 from django.conf import settings
 
 from fakeprovider import FakeProvider
-from tests.support.gunicorn import free_port
+from tests.support.gunicorn import free_port, wait_until_live
 from tests.support.service import TEST_API_KEY, database_url_for_subprocess
 
 START_TIMEOUT_S = 60
@@ -83,17 +81,7 @@ def test_runserver_starts_the_provider_probe_before_the_first_health_read(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:  # only the liveness probe, which never touches the provider probe
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, f"runserver did not start:\n{log_path.read_text()}"
-            time.sleep(0.2)
-
+        wait_until_live(f"http://127.0.0.1:{port}", server, log_path, START_TIMEOUT_S)
         assert probe_target.probed.wait(PROBE_TIMEOUT_S), "no probe before the first /health/ read"
         assert probe_target.paths[0] == "/health"
     finally:

@@ -27,6 +27,21 @@ def gunicorn_command() -> list[str]:
     return [str(Path(sys.executable).with_name("gunicorn")), "-c", "paymentsite/gunicorn.conf.py"]
 
 
+def wait_until_live(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
+    """Until the server at url answers /health/live (which never touches the provider probe),
+    failing with its log if it exits or takes longer than timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(f"{url}/health/live", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert process.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, f"{process.args[0]} did not start:\n{log_path.read_text()}"
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def serving(settings: Mapping[str, str], log_path: Path) -> Iterator[str]:
     """gunicorn on a free loopback port with these settings over the test's environment, until
@@ -40,16 +55,7 @@ def serving(settings: Mapping[str, str], log_path: Path) -> Iterator[str]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                try:
-                    if requests.get(f"{url}/health/live", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert process.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.2)
+            wait_until_live(url, process, log_path, START_TIMEOUT_S)
             yield url
         finally:
             process.terminate()
