@@ -1,9 +1,11 @@
 """POST /webhooks/provider over real HTTP: the fake provider, a real server, posts its signed
-events to the live server; some are posted by hand, signed with the fake's own signer."""
+events to the live server; some are posted by hand, signed with the fake's own signer, some
+from several threads at once (the server's threads race to store and apply them)."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -343,3 +345,84 @@ def test_a_refund_failed_event_after_succeeded_changes_nothing(
     assert answer.json()["effect"] == "unchanged"
     refund.refresh_from_db()
     assert refund.status == Refund.Status.SUCCEEDED
+
+
+def post_at_once(target: str, posts: list[tuple[dict, str]]) -> list[requests.Response]:
+    """POST each (body, webhook id) from its own thread, all released at one barrier: the
+    server's threads race to store and apply them."""
+    barrier = threading.Barrier(len(posts))
+    answers: list[Any] = [None] * len(posts)
+
+    def one(index: int, body: dict, msg_id: str) -> None:
+        barrier.wait(timeout=10)
+        answers[index] = post_event(target, body, msg_id=msg_id)
+
+    threads = [threading.Thread(target=one, args=(i, *post)) for i, post in enumerate(posts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(answer is not None for answer in answers), "a post did not finish"
+    return answers
+
+
+ROUNDS = 5
+
+
+def test_one_event_posted_twice_at_once_is_stored_and_applied_once(live_server: Any, settings: Any) -> None:
+    settings.PAYMENT_WEBHOOK_SECRET = (SECRET,)
+    for round_ in range(ROUNDS):
+        row = unknown()
+        body = charge_event("charge.succeeded", row.provider_idempotency_key)
+
+        answers = post_at_once(url(live_server), [(body, f"msg_race{round_}")] * 3)
+
+        assert [answer.status_code for answer in answers] == [200, 200, 200]
+        assert sorted(answer.json()["duplicate"] for answer in answers) == [False, True, True]
+        assert {answer.json()["effect"] for answer in answers} == {"applied"}
+        assert ProviderEvent.objects.filter(webhook_id=f"msg_race{round_}").count() == 1
+        row.refresh_from_db()
+        assert (row.status, row.attempts) == (Status.SUCCEEDED, 1)
+        assert list(row.client_events.values_list("type", flat=True)) == ["charge.succeeded"]
+
+
+def test_one_fact_under_several_event_ids_at_once_settles_the_charge_once(
+    live_server: Any, settings: Any
+) -> None:
+    # A provider that resends a fact under a new id: each is its own event, one is the change.
+    settings.PAYMENT_WEBHOOK_SECRET = (SECRET,)
+    for round_ in range(ROUNDS):
+        row = unknown()
+        body = charge_event("charge.succeeded", row.provider_idempotency_key)
+
+        answers = post_at_once(url(live_server), [(body, f"msg_fact{round_}_{i}") for i in range(3)])
+
+        assert [answer.status_code for answer in answers] == [200, 200, 200]
+        assert [answer.json()["duplicate"] for answer in answers] == [False, False, False]
+        assert sorted(answer.json()["effect"] for answer in answers) == ["applied", "unchanged", "unchanged"]
+        row.refresh_from_db()
+        assert (row.status, row.attempts) == (Status.SUCCEEDED, 1)
+        assert list(row.client_events.values_list("type", flat=True)) == ["charge.succeeded"]
+
+
+def test_contradicting_events_at_once_settle_once_and_the_loser_changes_nothing(
+    live_server: Any, settings: Any
+) -> None:
+    settings.PAYMENT_WEBHOOK_SECRET = (SECRET,)
+    for round_ in range(ROUNDS):
+        row = unknown()
+        key = row.provider_idempotency_key
+        posts = [
+            (charge_event("charge.succeeded", key), f"msg_ok{round_}"),
+            (charge_event("charge.declined", key), f"msg_no{round_}"),
+        ]
+
+        answers = post_at_once(url(live_server), posts)
+
+        effects = sorted(answer.json()["effect"] for answer in answers)
+        assert effects == ["applied", "unchanged"], [answer.json() for answer in answers]
+        row.refresh_from_db()
+        winner = answers[0] if answers[0].json()["effect"] == "applied" else answers[1]
+        settled = Status.SUCCEEDED if winner is answers[0] else Status.DECLINED
+        assert row.status == settled
+        assert list(row.client_events.values_list("type", flat=True)) == [f"charge.{settled}"]
