@@ -17,7 +17,7 @@ from payments import provider
 from tests.support.service import TEST_API_KEY
 
 # Fixtures that live beside their helpers: events_provider.
-pytest_plugins = ["tests.support.events"]
+pytest_plugins = ["tests.support.events", "tests.support.network"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -62,9 +62,9 @@ def request_deadline_s() -> float:
 
 
 def lease_s() -> float:
-    """Longer than any one delivery can take (its request's hard bound), with room for the URL's
-    name lookup and the answer's recording."""
-    return request_deadline_s() + 30
+    """Longer than any one delivery can take: the URL's name lookup and the request, each within
+    its bound, with room for the answer's recording."""
+    return webhook_urls.lookup_s() + request_deadline_s() + 30
 
 
 def due_heads() -> Any:

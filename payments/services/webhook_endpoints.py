@@ -1,7 +1,8 @@
 """A client's webhook endpoints: register, change, remove, rotate the secret; replay a delivery.
 
 The URL is checked (payments.services.webhook_urls) at registration and whenever it changes,
-and again at each delivery. A secret is shown once, in the answer that made it.
+with no database connection or row lock held across its name lookup, and again at each
+delivery. A secret is shown once, in the answer that made it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from core.db import release_db_connection
 from core.events import log_event
 from payments.errors import InvalidRequest
 from payments.models import EventDelivery, WebhookEndpoint
@@ -24,6 +26,7 @@ logger = logging.getLogger("payments.services")  # one logger name for all the s
 
 
 def _checked_url(url: str) -> str:
+    release_db_connection()  # the name lookup is a network call
     try:
         webhook_urls.check_url(url)
     except webhook_urls.URLRefused as exc:
@@ -52,10 +55,12 @@ def endpoint_update(
     enabled: bool | None = None,
 ) -> WebhookEndpoint:
     """Change what was given; enabling it again forgets its failures (its deliveries go on)."""
+    if url is not None and url != endpoint.url:
+        _checked_url(url)  # before the row's lock: the lookup may take EVENTS_TIMEOUT_MS
     with transaction.atomic():
         row = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
-        if url is not None and url != row.url:
-            row.url = _checked_url(url)
+        if url is not None:
+            row.url = url  # checked above, or the one it had (checked when it was set)
         if events is not None:
             row.events = events
         if enabled is not None and enabled != row.enabled:

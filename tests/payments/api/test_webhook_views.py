@@ -1,13 +1,17 @@
 """The webhook endpoints API: register (secret shown once), list, read, change, remove, rotate,
-deliveries (paged by cursor, over real HTTP) and replay; the URL rules at registration; typed errors."""
+deliveries (paged by cursor, over real HTTP) and replay; the URL rules at registration, whose name
+lookup is bounded and holds no lock; typed errors."""
 
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from typing import Any
 
 import pytest
 import requests
+from django.db import connections
 from rest_framework.test import APIClient
 
 from payments import services
@@ -16,6 +20,7 @@ from payments.models import EventDelivery, WebhookEndpoint
 from payments.services import webhook_urls
 from tests.support.api import assert_error_body
 from tests.support.factories import charge
+from tests.support.network import HANGING_HOST, HangingResolver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -243,3 +248,50 @@ def test_the_schema_declares_the_endpoints(api: APIClient) -> None:
         "/api/v1/webhook_endpoints/{endpoint_id}/deliveries",
         "/api/v1/webhook_endpoints/{endpoint_id}/deliveries/{delivery_id}/replay",
     } <= set(paths)
+
+
+def test_a_url_whose_name_gets_no_answer_is_refused_at_the_bound(
+    api: APIClient, settings: Any, hanging_resolver: HangingResolver
+) -> None:
+    settings.EVENTS_TIMEOUT_MS = 200
+    answer = register(api, f"http://{HANGING_HOST}/hooks")
+    assert answer.status_code == 400
+    error = assert_error_body(answer, "invalid_request")["error"]
+    assert error["code"] == "url_not_allowed"
+    assert error["message"] == f"The host '{HANGING_HOST}' did not resolve within 0.2 s."
+    assert WebhookEndpoint.objects.count() == 0
+
+
+def test_a_new_urls_lookup_holds_no_lock_on_the_endpoint(
+    api_user_token: tuple[Any, str], settings: Any, hanging_resolver: HangingResolver
+) -> None:
+    settings.EVENTS_TIMEOUT_MS = 10_000
+    api, slow = APIClient(), APIClient()
+    for client in (api, slow):
+        client.credentials(HTTP_AUTHORIZATION=f"Token {api_user_token[1]}")
+    endpoint_id = register(api).json()["id"]
+    path = f"/api/v1/webhook_endpoints/{endpoint_id}"
+    answers: list[Any] = []
+
+    def change_url() -> None:
+        try:
+            answers.append(slow.patch(path, {"url": f"http://{HANGING_HOST}/new"}, format="json"))
+        finally:
+            connections.close_all()
+
+    changing = threading.Thread(target=change_url)
+    changing.start()
+    until = time.monotonic() + 10
+    while hanging_resolver.hanging == 0 and time.monotonic() < until:
+        time.sleep(0.01)
+    assert hanging_resolver.hanging == 1
+
+    other = api.patch(path, {"events": ["refund.failed"]}, format="json")  # not kept waiting
+    assert changing.is_alive(), "the other change went through while the lookup hung"
+    hanging_resolver.release()
+    changing.join(timeout=15)
+
+    assert other.status_code == 200, other.content
+    assert [answer.status_code for answer in answers] == [200]
+    row = WebhookEndpoint.objects.get(pk=endpoint_id)
+    assert (row.url, row.events) == (f"http://{HANGING_HOST}/new", ["refund.failed"])

@@ -1,6 +1,7 @@
 """Delivering events over real HTTP and TLS, to a receiver on loopback: signatures, order,
 retries, timeouts (a trickling answer cut at the request's deadline), redirects never followed,
-certificates verified, SSRF at delivery, disabling, and two workers on one outbox."""
+certificates verified, SSRF at delivery, a name lookup that gets no answer, disabling, and two
+workers on one outbox."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from payments import services
 from payments.models import ClientEvent, DeliveryAttempt, EventDelivery, WebhookEndpoint
 from payments.services import ActionOutcome, delivery
 from tests.support.factories import charge, shop
+from tests.support.network import HANGING_HOST, HangingResolver
 from tests.support.receiver import Receiver
 from tests.support.tls import TestCA
 
@@ -165,6 +167,30 @@ def test_a_name_that_resolves_to_loopback_is_refused_at_delivery(receiver: Recei
     assert result.outcome == ActionOutcome.FAILED
     assert receiver.requests == []
     assert "not public" in endpoint.deliveries.get().last_error
+
+
+def test_a_name_that_gets_no_answer_fails_the_delivery_at_the_bound_and_it_goes_later(
+    receiver: Receiver, hanging_resolver: HangingResolver
+) -> None:
+    hanging_resolver.release()
+    endpoint = hook(f"http://{HANGING_HOST}:{receiver.port}/hooks")  # resolved: 127.0.0.1
+    charge("tok_visa")
+    hanging_resolver.go_silent()
+
+    (result,) = drain()
+    assert result.outcome == ActionOutcome.FAILED and receiver.requests == []
+    row = endpoint.deliveries.get()
+    assert (row.status, row.last_error) == (
+        "pending",
+        f"refused: The host '{HANGING_HOST}' did not resolve within 0.3 s.",
+    )
+    assert delivery.lease_s() == 0.3 + delivery.request_deadline_s() + 30
+
+    hanging_resolver.release()
+    (result,) = drain()
+    assert result.outcome == ActionOutcome.SUCCEEDED
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [row.event_id]
+    assert receiver.requests[0].headers["host"] == f"{HANGING_HOST}:{receiver.port}"
 
 
 def test_an_endpoint_failing_n_times_in_a_row_is_disabled(
