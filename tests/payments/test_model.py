@@ -46,8 +46,9 @@ Provider events and events out: the provider's signed event for a charge or refu
 settled, posted to the live server's /webhooks/provider; one sent before, sent again (the same
 id and signature); a stale charge.declined / refund.failed after the row succeeded; forged
 successes (another secret, ten minutes old, unsigned, another amount, a key of no row's);
-endpoints on a loopback receiver or a closed port, going down and back, and one pass of the
-delivery loop with the receiver answering 204 or 500. It checks:
+endpoints on a loopback receiver or a closed port, going down and back, the resolver going
+silent for their name and back (a registration or URL change meanwhile is refused and changes
+nothing), and one pass of the delivery loop with the receiver answering 204 or 500. It checks:
 
 - I12 per endpoint, every outbox event written since it was registered has one delivery,
   delivered or still scheduled (none given up); what it heard came in sequence order, signed
@@ -73,6 +74,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -99,7 +101,7 @@ from hypothesis.stateful import (
 from fakeprovider import FakeProvider
 from fakeprovider.events import event_body
 from payments import failpoints, provider
-from payments.errors import PaymentError
+from payments.errors import InvalidRequest, PaymentError
 from payments.models import (
     ClientEvent,
     EventDelivery,
@@ -113,7 +115,7 @@ from payments.services.client_events import EVENT_TYPES as CLIENT_EVENT_TYPES
 from payments.transitions import Actor
 from tests.support.deliveries import Heard, deliver_pass, heard
 from tests.support.events import EVENTS_PATH, OTHER_SECRET, SECRET, post_event
-from tests.support.network import closed_port
+from tests.support.network import HANGING_HOST, HangingResolver, closed_port
 from tests.support.receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -298,6 +300,7 @@ class PaymentsMachine(RuleBasedStateMachine):
     user: Any
     receiver: Receiver
     down_port: int
+    resolver: HangingResolver
 
     def __init__(self) -> None:
         super().__init__()
@@ -321,6 +324,8 @@ class PaymentsMachine(RuleBasedStateMachine):
         self.endpoints: dict[str, Hook] = {}
         self.heard: list[Heard] = []
         self.receiver.requests.clear()
+        self.resolver.release()
+        self.silent = False  # the endpoints' name gets no answer from the resolver
         REPORT.runs += 1
 
     # Steps ------------------------------------------------------------------------
@@ -869,6 +874,13 @@ class PaymentsMachine(RuleBasedStateMachine):
 
         REPORT.steps += 1
         path = f"/hooks/ep{len(self.endpoints)}"
+        if self.silent:
+            self._refused_while_silent(
+                lambda: services.endpoint_create(
+                    client=self.user, url=self._hook_url(path, down), events=EVENT_TYPES
+                )
+            )
+            return
         endpoint = services.endpoint_create(
             client=self.user, url=self._hook_url(path, down), events=EVENT_TYPES
         )
@@ -877,7 +889,29 @@ class PaymentsMachine(RuleBasedStateMachine):
         )
 
     def _hook_url(self, path: str, down: bool) -> str:
-        return f"http://127.0.0.1:{self.down_port if down else self.receiver.port}{path}"
+        return f"http://{HANGING_HOST}:{self.down_port if down else self.receiver.port}{path}"
+
+    def _refused_while_silent(self, change: Callable[[], Any]) -> None:
+        """A registration or a URL change while the name gets no answer: refused, nothing changed."""
+        before = list(WebhookEndpoint.objects.values().order_by("pk"))
+        with pytest.raises(InvalidRequest, match="did not resolve within") as refused:
+            change()
+        assert refused.value.code == "url_not_allowed"
+        after = list(WebhookEndpoint.objects.values().order_by("pk"))
+        assert after == before, "a refused URL changed something"
+        connection.close()
+
+    @rule()
+    def resolver_silent_or_back(self) -> None:
+        """(f) The resolver stops answering for the endpoints' name, or answers again: deliveries
+        to them fail at the lookup's bound and go once it answers."""
+        REPORT.steps += 1
+        self.silent = not self.silent
+        REPORT.faults[f"resolver:{'silent' if self.silent else 'back'}"] += 1
+        if self.silent:
+            self.resolver.go_silent()
+        else:
+            self.resolver.release()
 
     @precondition(lambda self: self.endpoints)
     @rule(pick=PICK)
@@ -888,8 +922,14 @@ class PaymentsMachine(RuleBasedStateMachine):
         REPORT.steps += 1
         pk = sorted(self.endpoints)[pick % len(self.endpoints)]
         hook = self.endpoints[pk]
+        endpoint = WebhookEndpoint.objects.get(pk=pk)
+        if self.silent:
+            self._refused_while_silent(
+                lambda: services.endpoint_update(endpoint, url=self._hook_url(hook.path, not hook.down))
+            )
+            return
         hook.down = not hook.down
-        services.endpoint_update(WebhookEndpoint.objects.get(pk=pk), url=self._hook_url(hook.path, hook.down))
+        services.endpoint_update(endpoint, url=self._hook_url(hook.path, hook.down))
 
     @rule(answer=st.sampled_from(["ok", "ok", "500"]))
     def deliver(self, answer: str) -> None:
@@ -1067,8 +1107,10 @@ class PaymentsMachine(RuleBasedStateMachine):
                     self.provider.settle_refund(refund_key)
         _run_command("reconcile_refunds")
         self._check_refunds_agree()
-        # I12 at quiescence: one more pass, the receiver answering 204: every endpoint that is up
-        # has every event; a down one's are still scheduled.
+        # I12 at quiescence: one more pass, the resolver answering and the receiver answering 204:
+        # every endpoint that is up has every event; a down one's are still scheduled.
+        self.resolver.release()
+        self.silent = False
         self._deliver("ok")
         self._check_deliveries(final=True)
 
@@ -1139,7 +1181,11 @@ def _run_command(name: str) -> None:
 
 
 def test_exactly_once_under_injected_faults(
-    live_server: Any, fake_provider: FakeProvider, api_user_token: tuple[Any, str], settings: Any
+    live_server: Any,
+    fake_provider: FakeProvider,
+    api_user_token: tuple[Any, str],
+    settings: Any,
+    hanging_resolver: HangingResolver,
 ) -> None:
     settings.PAYMENT_TIMEOUT_MS = READ_TIMEOUT_MS
     settings.PAYMENT_CONNECT_TIMEOUT_MS = 150
@@ -1160,6 +1206,7 @@ def test_exactly_once_under_injected_faults(
     with Receiver() as receiver:
         PaymentsMachine.receiver = receiver
         PaymentsMachine.down_port = closed_port()
+        PaymentsMachine.resolver = hanging_resolver
         _run()
     print(
         f"\nmodel: seed={SEED or 'derandomized'} runs={REPORT.runs} steps={REPORT.steps} "
