@@ -55,12 +55,12 @@ class HangingResolver:
     def go_silent(self) -> None:
         self.released.clear()
 
-    def wait_until_done(self, within_s: float = 10.0) -> None:
-        """After release(): the lookups left hanging have finished on their threads."""
+    def wait_until_hanging(self, count: int, within_s: float = 10.0) -> None:
+        """Until `count` lookups hang (0, after release(): those left have finished on their threads)."""
         until = time.monotonic() + within_s
-        while self.hanging and time.monotonic() < until:
+        while self.hanging != count and time.monotonic() < until:
             time.sleep(0.01)
-        assert self.hanging == 0
+        assert self.hanging == count
 
 
 @pytest.fixture
@@ -69,4 +69,4 @@ def hanging_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[HangingResolve
     monkeypatch.setattr(socket, "getaddrinfo", resolver.getaddrinfo)
     yield resolver
     resolver.release()
-    resolver.wait_until_done()
+    resolver.wait_until_hanging(0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -281,10 +280,7 @@ def test_a_new_urls_lookup_holds_no_lock_on_the_endpoint(
 
     changing = threading.Thread(target=change_url)
     changing.start()
-    until = time.monotonic() + 10
-    while hanging_resolver.hanging == 0 and time.monotonic() < until:
-        time.sleep(0.01)
-    assert hanging_resolver.hanging == 1
+    hanging_resolver.wait_until_hanging(1)
 
     other = api.patch(path, {"events": ["refund.failed"]}, format="json")  # not kept waiting
     assert changing.is_alive(), "the other change went through while the lookup hung"

@@ -51,7 +51,7 @@ def test_hanging_lookups_take_at_most_their_threads_and_free_them_when_answered(
         webhook_urls.check_url("http://localhost:8080/")  # every lookup thread hangs: none is left
 
     hanging_resolver.release()
-    hanging_resolver.wait_until_done()
+    hanging_resolver.wait_until_hanging(0)
     target = webhook_urls.check_url("http://localhost:8080/")
     assert target is not None and target.address in ("127.0.0.1", "::1")
 
