@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from typing import Any
 
 from dj_db_conn_pool.core import pool_container
 from django.conf import settings
-from django.db import OperationalError, connection, connections
+from django.db import OperationalError, connection, connections, models
 from django.db.models.functions import Now
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import QueuePool
@@ -38,6 +40,42 @@ class DatabaseNow(Now):
 
     def as_mysql(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
         return self.as_sql(compiler, connection, template="UTC_TIMESTAMP(6)", **extra_context)
+
+
+@functools.cache
+def select_sql(model: type[models.Model], where: str, *, alias: str = "t", extra: str = "") -> str:
+    """`SELECT` every concrete column of `model` (then `extra`, more columns) `FROM` its table
+    as `alias`, then `where` (the rest of the statement, with `%s` placeholders): the statement
+    for `model.objects.raw()`, which makes the model's instances with its fields' converters.
+
+    For the hottest reads (the API key on every request, one charge's read). Django compiles a
+    queryset's SQL anew on every query, and on this machine that costs about three times the
+    query itself (`bench/overhead.py`); the columns come from the model, so they cannot drift
+    from it, and the rows are still the ORM's model instances. Written here because no library
+    kept up with Django 5 caches a queryset's compiled SQL (django-prepared-queries stopped at
+    Django 1.x).
+    """
+    quote = connections["default"].ops.quote_name
+    columns = ", ".join(f"{alias}.{quote(field.column)}" for field in model._meta.concrete_fields)
+    return (
+        f"SELECT {columns}{', ' + extra if extra else ''} FROM {quote(model._meta.db_table)} {alias} {where}"
+    )
+
+
+def db_value(model: type[models.Model], name: str, value: Any) -> Any:
+    """`value` as the database stores `model`'s field `name`, for a raw statement's parameter."""
+    return model._meta.get_field(name).get_db_prep_value(value, connections["default"])
+
+
+def set_prefetched(instance: models.Model, name: str, rows: Iterable[models.Model]) -> None:
+    """Fill `instance`'s related manager `name` (`instance.<name>.all()`) with `rows`, as
+    prefetch_related does, so reading it sends no query; a queryset made from it (a filter, an
+    order) queries the database, as after prefetch_related."""
+    manager = getattr(instance, name)
+    queryset = manager.get_queryset()  # the related rows' own queryset: nothing cached yet
+    queryset._result_cache, queryset._prefetch_done = list(rows), True
+    cache_name = manager.field.remote_field.cache_name  # what the related manager reads
+    instance.__dict__.setdefault("_prefetched_objects_cache", {})[cache_name] = queryset
 
 
 def is_pooled(alias: str = "default") -> bool:

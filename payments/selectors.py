@@ -9,12 +9,29 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 
+from core.db import db_value, select_sql, set_prefetched
 from payments import transitions
-from payments.models import Refund, Transaction
+from payments.models import PaymentAttempt, Refund, Transaction
 
 
 def transaction_for_key(*, client: AbstractBaseUser, idempotency_key: str) -> Transaction | None:
     return Transaction.objects.filter(client=client, idempotency_key=idempotency_key).first()
+
+
+def charge_shown(*, client: AbstractBaseUser, transaction_id: uuid.UUID) -> Transaction | None:
+    """One of `client`'s charges with its attempt log and its refunds, as the API shows one (None:
+    no such charge of the client's): three statements by key, with no queryset compiled
+    (core.db.select_sql), in the orders the models' Meta give one charge's rows."""
+    key = db_value(Transaction, "id", transaction_id)
+    where = "WHERE t.client_id = %s AND t.id = %s"
+    txn = next(iter(Transaction.objects.raw(select_sql(Transaction, where), [client.pk, key])), None)
+    if txn is None:
+        return None
+    attempts = select_sql(PaymentAttempt, "WHERE t.transaction_id = %s ORDER BY t.number")
+    set_prefetched(txn, "attempt_log", PaymentAttempt.objects.raw(attempts, [key]))
+    refunds = select_sql(Refund, "WHERE t.transaction_id = %s ORDER BY t.created_at DESC")
+    set_prefetched(txn, "refunds", Refund.objects.raw(refunds, [key]))
+    return txn
 
 
 def transaction_get(*, transaction_id: uuid.UUID) -> Transaction:

@@ -49,14 +49,7 @@ def transaction_for(request: Request, transaction_id: str) -> Transaction:
         pk = uuid.UUID(transaction_id)
     except ValueError:
         raise NotFound("No such charge.") from None
-    # One row at most, by its key: no ORDER BY (the list's) and LIMIT to compile and send.
-    rows = (
-        selectors.transactions_for_client(client=request.user)
-        .prefetch_related("attempt_log", "refunds")
-        .filter(pk=pk)
-        .order_by()
-    )
-    txn = next(iter(rows), None)
+    txn = selectors.charge_shown(client=request.user, transaction_id=pk)
     if txn is None:
         raise NotFound("No such charge.")
     return txn

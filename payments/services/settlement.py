@@ -20,11 +20,11 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from core import metrics
-from core.db import release_db_connection
+from core.db import release_db_connection, set_prefetched
 from core.events import log_event
 from payments import failpoints, provider, selectors, transitions
 from payments.errors import PaymentError, ProviderUnavailable
-from payments.models import PaymentAttempt, Refund, Transaction
+from payments.models import PaymentAttempt, Transaction
 from payments.provider import Outcome, ProviderResult
 from payments.services import client_events
 from payments.services.answers import answer_event, apply_answer
@@ -260,7 +260,7 @@ def _settle_as_inserted(
     No other claim took the row (its token is this one's) and no provider fact moved it (it is
     pending), so no other process logged an attempt of it, and it was never refunded (a refund
     needs a succeeded charge, and succeeded is final): the attempts are numbered from 1, and
-    its event shows it with no refunds, without a query."""
+    its event and the charge's answer show it with no refunds, without a query."""
     txn = copy.copy(claimed)
     apply_answer(txn, claimed, result, event=answer_event(txn, result, kind="charge"), by=by, kind="charge")
     txn.updated_at = timezone.now()
@@ -274,24 +274,15 @@ def _settle_as_inserted(
     if claimed.status != Status.PENDING or fenced_row.update(**changes) != 1:
         return None
     record_attempts(txn=txn, attempts=result.attempts, kind="charge", first_number=1)
-    with _without_refunds(txn):
-        client_events.record_charge_change(
-            txn, before_status=Status.PENDING, before_review=claimed.needs_review
-        )
+    _no_refunds(txn)
+    client_events.record_charge_change(txn, before_status=Status.PENDING, before_review=claimed.needs_review)
     return txn, Status.PENDING
 
 
-@contextlib.contextmanager
-def _without_refunds(txn: Transaction) -> Iterator[None]:
-    """`txn` with no refunds, read with no query, while its event is written (the prefetch cache
-    prefetch_related fills); then taken off: the row returned reads its refunds when shown."""
-    refunds = Refund.objects.none()
-    refunds._result_cache, refunds._prefetch_done = [], True
-    txn._prefetched_objects_cache = {"refunds": refunds}
-    try:
-        yield
-    finally:
-        del txn._prefetched_objects_cache
+def _no_refunds(txn: Transaction) -> None:
+    """`txn` as committed, with no refunds, read with no query: by its event and by the charge's
+    answer. A refund made after this commit is that refund's to tell, as its own answer and event."""
+    set_prefetched(txn, "refunds", [])
 
 
 def _log_settled(txn: Transaction, previous_status: str, result: ProviderResult) -> None:

@@ -1,15 +1,19 @@
-"""What reconcile_payments looks up, and when: by the database's clock."""
+"""What reconcile_payments looks up and when (by the database's clock); one charge as the API shows it."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from payments import selectors
-from payments.models import Transaction
-from tests.support.factories import unknown
+from payments.models import PaymentAttempt, Refund, Transaction
+from tests.support.factories import charge, refund, shop, unknown
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,3 +60,33 @@ def test_the_attention_view_waits_for_the_window(settings: object) -> None:
     at(started_s=6, claimed_s=6)
 
     assert due() and not selectors.attention_to_reconcile().exists()
+
+
+def fields(row: Any) -> dict[str, Any]:
+    return {field.attname: getattr(row, field.attname) for field in type(row)._meta.concrete_fields}
+
+
+def test_a_charge_shown_is_the_orms_row_with_its_attempts_and_refunds_in_order_and_no_more_queries() -> None:
+    txn = charge("tok_visa", amount=5000)
+    first, second = refund(txn, 1000), refund(txn, 700)
+    txn = Transaction.objects.get(pk=txn.pk)
+    txn.metadata = {"order": "A-1", "nested": {"n": 1}}
+    txn.save()
+    client = txn.client
+    with CaptureQueriesContext(connection) as queries:
+        shown = selectors.charge_shown(client=client, transaction_id=txn.pk)
+        assert shown is not None
+        attempts, refunds = list(shown.attempt_log.all()), list(shown.refunds.all())
+    assert len(queries) == 3
+    assert fields(shown) == fields(Transaction.objects.get(pk=txn.pk))
+    orm_attempts = PaymentAttempt.objects.filter(transaction=txn).order_by("number")
+    assert [fields(row) for row in attempts] == [fields(row) for row in orm_attempts]
+    assert [row.number for row in attempts] == [1, 2, 3]  # the charge's, then each refund's
+    assert [row.pk for row in refunds] == [second.pk, first.pk]  # newest first, as Meta orders them
+    assert [fields(row) for row in refunds] == [fields(Refund.objects.get(pk=row.pk)) for row in refunds]
+
+
+def test_a_charge_is_shown_only_to_its_client() -> None:
+    txn = charge("tok_visa")
+    assert selectors.charge_shown(client=shop("another"), transaction_id=txn.pk) is None
+    assert selectors.charge_shown(client=txn.client, transaction_id=uuid.uuid4()) is None

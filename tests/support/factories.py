@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from payments import services
 from payments.errors import PaymentError
-from payments.models import Transaction, mask_source
+from payments.models import Refund, Transaction, mask_source
+from payments.transitions import Actor
 
 
 def shop(username: str = "shop") -> Any:
@@ -27,6 +28,18 @@ def charge(source: str, *, client: Any = None, amount: int = 1999, currency: str
     except PaymentError as error:
         assert error.transaction is not None
         return Transaction.objects.get(pk=error.transaction.pk)
+
+
+def refund(txn: Transaction, amount: int) -> Refund:
+    """Refund part of a succeeded charge through `refund_create`, as the API does."""
+    return services.refund_create(
+        charge_id=txn.pk,
+        client=txn.client,
+        request=services.RefundRequest(amount=amount, reason="requested_by_customer"),
+        idempotency_key=None,
+        by=Actor.CLIENT,
+        requested_by="tests",
+    ).refund
 
 
 def make_due(*transactions: Transaction) -> None:
