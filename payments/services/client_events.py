@@ -19,8 +19,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 from django.db.models import F
+from django.db.models.query import RawQuerySet
 from django.utils import timezone
 
+from core.db import db_value, select_sql
 from payments import failpoints
 from payments.models import ClientEvent, EventDelivery, Refund, Transaction, WebhookEndpoint
 from payments.models.client_events import new_event_id
@@ -113,16 +115,17 @@ def record(
         payload=payload,
     )
     failpoints.hit("client_event.written")
-    subscribed = [
-        endpoint_id
-        for endpoint_id, types in WebhookEndpoint.objects.filter(client_id=client_id, enabled=True)
-        .order_by("pk")
-        .values_list("pk", "events")
-        if event_type in types
-    ]
+    subscribed = [endpoint.pk for endpoint in _enabled_endpoints(client_id) if event_type in endpoint.events]
     for endpoint_id in subscribed:
         enqueue(event, endpoint_id)
     return event
+
+
+def _enabled_endpoints(client_id: Any) -> RawQuerySet[WebhookEndpoint]:
+    """The client's enabled endpoints in their ids' order (the order their counters are locked
+    in): one statement compiled once (core.db.select_sql), as every charge's event reads them."""
+    sql = select_sql(WebhookEndpoint, "WHERE t.client_id = %s AND t.enabled = %s ORDER BY t.id")
+    return WebhookEndpoint.objects.raw(sql, [client_id, db_value(WebhookEndpoint, "enabled", True)])
 
 
 def enqueue(

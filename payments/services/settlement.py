@@ -260,7 +260,7 @@ def _settle_as_inserted(
     No other claim took the row (its token is this one's) and no provider fact moved it (it is
     pending), so no other process logged an attempt of it, and it was never refunded (a refund
     needs a succeeded charge, and succeeded is final): the attempts are numbered from 1, and
-    its event and the charge's answer show it with no refunds, without a query."""
+    its event shows it with no refunds, without a query."""
     txn = copy.copy(claimed)
     apply_answer(txn, claimed, result, event=answer_event(txn, result, kind="charge"), by=by, kind="charge")
     txn.updated_at = timezone.now()
@@ -274,15 +274,22 @@ def _settle_as_inserted(
     if claimed.status != Status.PENDING or fenced_row.update(**changes) != 1:
         return None
     record_attempts(txn=txn, attempts=result.attempts, kind="charge", first_number=1)
-    _no_refunds(txn)
-    client_events.record_charge_change(txn, before_status=Status.PENDING, before_review=claimed.needs_review)
+    with _without_refunds(txn):
+        client_events.record_charge_change(
+            txn, before_status=Status.PENDING, before_review=claimed.needs_review
+        )
     return txn, Status.PENDING
 
 
-def _no_refunds(txn: Transaction) -> None:
-    """`txn` as committed, with no refunds, read with no query: by its event and by the charge's
-    answer. A refund made after this commit is that refund's to tell, as its own answer and event."""
+@contextlib.contextmanager
+def _without_refunds(txn: Transaction) -> Iterator[None]:
+    """`txn` with no refunds, read with no query, while its event is written; then taken off:
+    the row returned is the caller's, who may refund it, and reads its refunds when shown."""
     set_prefetched(txn, "refunds", [])
+    try:
+        yield
+    finally:
+        del txn._prefetched_objects_cache
 
 
 def _log_settled(txn: Transaction, previous_status: str, result: ProviderResult) -> None:
